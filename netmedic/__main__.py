@@ -1,0 +1,3 @@
+from netmedic.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs everything netmedic's tests and lab need on a fresh Debian 12 machine, idempotently:
+#  - Debian packages: iproute2/tc, iptables (nft + legacy), and the distro Python stack the DEB depends on
+#    (python3-pyroute2 0.7.2, python3-structlog 22.3, python3-yaml, python3-pytest);
+#  - .venv: the newest PyPI releases (pyroute2, structlog, PyYAML, pytest, ruff) for the primary test run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PKGS="iproute2 iptables procps python3-pyroute2 python3-structlog python3-yaml python3-pytest python3-venv"
+missing=""
+for p in $APT_PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    echo "bootstrap: apt-get install$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+PY=${NETMEDIC_PYTHON:-python3}
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import pyroute2, structlog, yaml, pytest' 2>/dev/null; then
+    echo "bootstrap: creating .venv with $($PY --version 2>&1)"
+    rm -rf .venv
+    "$PY" -m venv .venv
+    .venv/bin/pip install -q --upgrade pip
+    .venv/bin/pip install -q pyroute2 structlog PyYAML pytest ruff
+fi
