@@ -1,0 +1,25 @@
+"""ip_forward: turn IPv4 forwarding back on for a libvirt NAT/routed network — globally (what libvirt
+itself does when it starts the network) and on the network's bridge and forward device. Rolled back to
+the prior values if the network is still not forwarding afterwards."""
+from __future__ import annotations
+
+from netmedic.model import Plan, Step
+
+NAME = "ip_forward"
+HANDLES = ("ip_forwarding",)
+
+
+def plan(violation, snapshot, options):
+    steps = []
+    # The global switch first: writing it resets every interface's value, so per-interface after it.
+    keys = sorted(violation.evidence["sysctls"], key=lambda k: (k != "net/ipv4/ip_forward", k))
+    for key in keys:
+        old = snapshot.sysctls.get(key)
+        steps.append(Step("sysctl", {"key": key, "value": "1"}, f"set {key.replace('/', '.')} = 1",
+                          undo=Step("sysctl", {"key": key, "value": old}, f"set {key.replace('/', '.')} = {old}")))
+    return Plan(NAME, violation, tuple(steps), "turn IPv4 forwarding on for network "
+                f"{violation.subject.network}", before=dict(violation.evidence["sysctls"])), ""
+
+
+def after(snapshot, violation) -> dict:
+    return {k: snapshot.sysctls.get(k) for k in violation.evidence["sysctls"]}

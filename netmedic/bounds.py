@@ -1,0 +1,95 @@
+"""The bounds on healing: per-subject rate limit, global rate limit, attempt cap with exponential
+backoff, and a circuit breaker for subjects that break again after every fix.
+
+Pure logic over a JSON-able dict (persisted in the state file) and an injected clock, so it is
+tested deterministically.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional
+
+from netmedic.policies.config import Limits
+
+GLOBAL = "__global__"
+
+
+class Guard:
+    def __init__(self, store: dict, clock: Callable[[], float] = time.time):
+        self.store = store
+        self.clock = clock
+
+    def _subject(self, key: str) -> dict:
+        return self.store.setdefault(key, {"actions": [], "fixes": [], "failures": 0,
+                                           "next_try": 0.0, "open_until": 0.0})
+
+    @staticmethod
+    def _recent(times: list, now: float, window: float) -> list:
+        return [t for t in times if now - t < window]
+
+    def admit(self, key: str, limits: Limits) -> tuple:
+        """(True, '') when an action on this subject may run now, else (False, why)."""
+        now = self.clock()
+        s = self._subject(key)
+        if s["open_until"] > now:
+            return False, (f"circuit breaker open: fixed {limits.breaker_trips} times within "
+                           f"{limits.breaker_window:g}s, paused until {_iso(s['open_until'])}")
+        s["fixes"] = self._recent(s["fixes"], now, limits.breaker_window)
+        if len(s["fixes"]) >= limits.breaker_trips:
+            s["open_until"] = now + limits.breaker_cooldown
+            s["fixes"] = []
+            s["tripped"] = True  # the engine reports the trip once
+            return False, (f"circuit breaker tripped: broken again after each of {limits.breaker_trips} "
+                           f"fixes within {limits.breaker_window:g}s; paused for {limits.breaker_cooldown:g}s")
+        if s["failures"] >= limits.max_attempts:
+            return False, f"gave up after {s['failures']} failed attempts"
+        if s["next_try"] > now:
+            return False, f"backing off after a failed attempt until {_iso(s['next_try'])}"
+        s["actions"] = self._recent(s["actions"], now, limits.rate_window)
+        if len(s["actions"]) >= limits.rate_actions:
+            return False, f"rate limit: {limits.rate_actions} actions per {limits.rate_window:g}s on this subject"
+        g = self._subject(GLOBAL)
+        g["actions"] = self._recent(g["actions"], now, limits.global_window)
+        if len(g["actions"]) >= limits.global_actions:
+            return False, f"global rate limit: {limits.global_actions} actions per {limits.global_window:g}s"
+        return True, ""
+
+    def took_trip(self, key: str) -> bool:
+        """True once after the breaker tripped for this subject."""
+        s = self._subject(key)
+        return bool(s.pop("tripped", False))
+
+    def acted(self, key: str) -> None:
+        now = self.clock()
+        self._subject(key)["actions"].append(now)
+        self._subject(GLOBAL)["actions"].append(now)
+
+    def succeeded(self, key: str) -> None:
+        s = self._subject(key)
+        s["fixes"].append(self.clock())
+        s["failures"] = 0
+        s["next_try"] = 0.0
+
+    def failed(self, key: str, limits: Limits) -> None:
+        s = self._subject(key)
+        s["failures"] += 1
+        delay = min(limits.backoff_initial * (2 ** (s["failures"] - 1)), limits.backoff_max)
+        s["next_try"] = self.clock() + delay
+
+    def forget(self, key: str) -> None:
+        self.store.pop(key, None)
+
+    def prune(self, active: set, horizon: float = 86400.0) -> None:
+        """Drop subjects with no activity within the horizon that are not active now."""
+        now = self.clock()
+        for key in list(self.store):
+            if key == GLOBAL or key in active:
+                continue
+            s = self.store[key]
+            last = max(s["actions"] + s["fixes"] + [s["open_until"], s["next_try"]], default=0.0)
+            if now - last > horizon:
+                del self.store[key]
+
+
+def _iso(ts: Optional[float]) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts or 0))

@@ -1,0 +1,188 @@
+"""The `netmedic` command.
+
+  netmedic check    read-only report of violations, evidence and the fix (exit 0 clean, 1 violations, 2 error)
+  netmedic heal     one reconcile pass (--dry-run: print the plan, change nothing)
+  netmedic daemon   react to netlink events, resync periodically, until SIGTERM
+  netmedic lab      build a real fault scenario in namespaces of its own and heal it
+  netmedic policy check FILE
+
+Every command acts only in the network namespace it runs in and needs no libvirtd.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from netmedic import __version__
+from netmedic.errors import NetmedicError
+
+EXIT_OK, EXIT_VIOLATIONS, EXIT_ERROR = 0, 1, 2
+DEFAULT_DOMAIN_DIR = "/run/libvirt/qemu"
+DEFAULT_NETWORK_DIR = "/run/libvirt/network"
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--domain-xml-dir", default=DEFAULT_DOMAIN_DIR, metavar="DIR",
+                   help=f"libvirt run-state domain XML (default {DEFAULT_DOMAIN_DIR})")
+    p.add_argument("--network-xml-dir", default=DEFAULT_NETWORK_DIR, metavar="DIR",
+                   help=f"libvirt run-state network XML (default {DEFAULT_NETWORK_DIR})")
+    p.add_argument("--policy", metavar="FILE", help="policy file (default /etc/netmedic/policy.yaml, "
+                   "else the shipped defaults)")
+    p.add_argument("--audit-log", metavar="FILE", default=None,
+                   help="audit log, JSON lines (default /var/log/netmedic/audit.jsonl; - for stdout)")
+    p.add_argument("--state-dir", metavar="DIR", default=None,
+                   help="netmedic's records and bounds (default /var/lib/netmedic)")
+    p.add_argument("--mode", choices=("observe", "enforce"), help="override the mode of every invariant")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="netmedic", description="Self-healing for the bridged networking "
+                                     "of KVM/libvirt hypervisors.")
+    parser.add_argument("--version", action="version", version=f"netmedic {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("check", help="report violations (read-only)")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+
+    p = sub.add_parser("heal", help="one reconcile pass: check and heal")
+    _common(p)
+    p.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.add_argument("--bridge", action="append", metavar="BR", help="only these bridges (repeatable)")
+
+    p = sub.add_parser("daemon", help="watch netlink events and heal until stopped")
+    _common(p)
+    p.add_argument("--dry-run", action="store_true", help="plan and audit only")
+    p.add_argument("--resync", type=float, metavar="SECONDS", help="full resync interval (policy default 60)")
+    p.add_argument("--pidfile", metavar="FILE")
+
+    p = sub.add_parser("lab", help="build a real fault scenario in namespaces of its own and heal it")
+    p.add_argument("scenario", nargs="?", default="seed", help="scenario (default: seed); `list` lists them")
+    p.add_argument("--keep", action="store_true", help="leave the namespaces for inspection")
+
+    p = sub.add_parser("policy", help="policy file tools")
+    psub = p.add_subparsers(dest="policy_command", metavar="SUBCOMMAND")
+    psub.required = True
+    pc = psub.add_parser("check", help="validate a policy file")
+    pc.add_argument("file")
+    return parser
+
+
+def _policy(args):
+    from netmedic.policies import config
+
+    return config.load(args.policy).with_mode(args.mode)
+
+
+def _engine(args, policy, audit, dry_run=False):
+    from netmedic.engine import Engine
+    from netmedic.state import DEFAULT_STATE_DIR, State
+
+    return Engine(policy, State(args.state_dir or DEFAULT_STATE_DIR), audit, args.domain_xml_dir,
+                  args.network_xml_dir, dry_run=dry_run)
+
+
+def _audit(args, trigger):
+    from netmedic.audit import DEFAULT_AUDIT_LOG, Audit
+
+    return Audit(args.audit_log or DEFAULT_AUDIT_LOG, trigger=trigger)
+
+
+def cmd_check(args) -> int:
+    from netmedic.report import render_check
+
+    policy = _policy(args)
+    engine = _engine(args, policy, audit=None, dry_run=True)
+    engine.state.read()
+    engine.load_inventory()
+    snap = engine.observe()
+    violations = engine.check(snap)
+    planned = [(v,) + engine.plan_for(v, snap)[1:] for v in violations]
+    errors = [str(e) for e in engine.inventory.errors]
+    if args.json:
+        print(json.dumps({"violations": [dict(v.as_dict(), fix=(p.as_dict() if p else None),
+                                              mode=policy.invariants[v.invariant].mode_for(v.subject.bridge),
+                                              note=why or None)
+                                         for v, p, why in planned], "errors": errors}, indent=2))
+    else:
+        print(render_check(planned, policy, errors))
+    for e in errors:
+        print(f"netmedic: error: {e}", file=sys.stderr)
+    if violations:
+        return EXIT_VIOLATIONS
+    return EXIT_ERROR if errors else EXIT_OK
+
+
+def cmd_heal(args) -> int:
+    from netmedic.report import render_heal
+
+    policy = _policy(args)
+    audit = _audit(args, "cli")
+    try:
+        engine = _engine(args, policy, audit, dry_run=args.dry_run)
+        report = engine.reconcile(trigger="cli", bridges=args.bridge)
+    finally:
+        audit.close()
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2, default=str))
+    else:
+        print(render_heal(report))
+    for e in report.errors:
+        print(f"netmedic: error: {e}", file=sys.stderr)
+    if report.errors:
+        return EXIT_ERROR
+    unresolved = [o for o in report.outcomes if o.result not in ("healed",)]
+    return EXIT_VIOLATIONS if unresolved else EXIT_OK
+
+
+def cmd_daemon(args) -> int:
+    from netmedic.daemon import Daemon
+
+    policy = _policy(args)
+    audit = _audit(args, "daemon")
+    engine = _engine(args, policy, audit, dry_run=args.dry_run)
+    daemon = Daemon(engine, policy_path=args.policy, mode=args.mode, resync=args.resync)
+    if args.pidfile:
+        with open(args.pidfile, "w") as fh:
+            fh.write(f"{os.getpid()}\n")
+    try:
+        return daemon.run()
+    finally:
+        audit.close()
+
+
+def cmd_lab(args) -> int:
+    from netmedic import lab
+
+    return lab.main(args.scenario, keep=args.keep)
+
+
+def cmd_policy(args) -> int:
+    from netmedic.policies import config
+
+    policy = config.load(args.file)
+    modes = ", ".join(f"{n}={'off' if not p.enabled else p.mode}" for n, p in policy.invariants.items())
+    print(f"{args.file}: OK ({modes})")
+    return EXIT_OK
+
+
+COMMANDS = {"check": cmd_check, "heal": cmd_heal, "daemon": cmd_daemon, "lab": cmd_lab, "policy": cmd_policy}
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except NetmedicError as exc:
+        print(f"netmedic: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except PermissionError as exc:
+        print(f"netmedic: error: {exc.filename or ''}: {exc.strerror} (netmedic needs root)", file=sys.stderr)
+        return EXIT_ERROR

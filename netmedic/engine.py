@@ -1,0 +1,357 @@
+"""The reconcile loop: observe afresh → check invariants → for each violation, plan → apply → verify →
+roll back on failure, within the bounds; audit every step. Level-triggered and idempotent: whatever
+triggered it, a pass looks at the whole relevant state, and a second pass over a healed host changes
+nothing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable, Iterable, Optional
+
+from netmedic import inventory as inventory_mod
+from netmedic.audit import Audit
+from netmedic.bounds import Guard
+from netmedic.errors import NetmedicError
+from netmedic.healers import HEALERS
+from netmedic.model import Outcome, Plan, Step, Subject, Violation
+from netmedic.observe import Snapshot, observe
+from netmedic.ops import HostOps
+from netmedic.policies import INVARIANTS, healer_for
+from netmedic.policies.config import Policy
+from netmedic.state import State
+
+MAX_ROUNDS = 4  # a heal can reveal the next step (re-attached tap -> pin it): converge in one pass
+
+
+@dataclasses.dataclass
+class Report:
+    correlation_id: str
+    trigger: str
+    violations: list  # every Violation found in the first observation
+    outcomes: list  # Outcome per violation handled (in order)
+    released: list  # records netmedic removed because their subject is gone
+    errors: list  # one-line strings: bad input files, host errors
+    dry_run: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return any(o.result in ("healed", "rolled_back") for o in self.outcomes) or bool(self.released)
+
+    def as_dict(self) -> dict:
+        return {"correlation_id": self.correlation_id, "trigger": self.trigger, "dry_run": self.dry_run,
+                "violations": [v.as_dict() for v in self.violations],
+                "outcomes": [o.as_dict() for o in self.outcomes],
+                "released": self.released, "errors": self.errors}
+
+
+class Engine:
+    def __init__(self, policy: Policy, state: State, audit: Optional[Audit], domain_dir: Optional[str],
+                 network_dir: Optional[str], ops: Optional[HostOps] = None, dry_run: bool = False,
+                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep):
+        self.policy = policy
+        self.state = state
+        self.audit = audit
+        self.domain_dir = domain_dir
+        self.network_dir = network_dir
+        self.dry_run = dry_run or policy.dry_run
+        self.ops = ops or HostOps(dry_run=self.dry_run)
+        self.clock = clock
+        self.sleep = sleep
+        self.seen: Optional[set] = None  # violation keys seen by the previous pass (daemon: audit news only)
+        self.inventory = None
+
+    # --- the parts --------------------------------------------------------------------------
+    def _audit(self, event: str, **fields) -> None:
+        if self.audit is not None:
+            self.audit.event(event, **fields)
+
+    def load_inventory(self):
+        self.inventory = inventory_mod.load(self.domain_dir, self.network_dir)
+        return self.inventory
+
+    def observe(self, bridges: Optional[Iterable[str]] = None, firewall: bool = True) -> Snapshot:
+        inv = self.inventory if self.inventory is not None else self.load_inventory()
+        return observe(self.ops.nl, inv, self.state.records, bridges=bridges, in_scope=self.policy.in_scope,
+                       firewall=firewall and self.policy.invariants["bridge_netfilter"].enabled)
+
+    def check(self, snapshot: Snapshot) -> list:
+        """Every violation the enabled invariants find, within the policy's scope."""
+        out = []
+        for name, inv in INVARIANTS.items():
+            ipol = self.policy.invariants[name]
+            if not ipol.enabled:
+                continue
+            for v in inv.check(snapshot, ipol.options):
+                if not self.policy.in_scope(v.subject.bridge, v.subject.domain):
+                    continue
+                if ipol.mode_for(v.subject.bridge) == "off":
+                    continue
+                out.append(v)
+        return out
+
+    def plan_for(self, v: Violation, snapshot: Snapshot):
+        """(healer module or None, Plan or None, reason)."""
+        ipol = self.policy.invariants[v.invariant]
+        name = healer_for(v, ipol.options)
+        if name is None:
+            return None, None, "no automatic remedy: " + _manual_hint(v)
+        healer = HEALERS[name]
+        plan, why = healer.plan(v, snapshot, ipol.options)
+        return healer, plan, why
+
+    # --- one reconcile pass -----------------------------------------------------------------
+    def reconcile(self, trigger: str = "manual", bridges: Optional[Iterable[str]] = None) -> Report:
+        cid = self.audit.new_correlation(trigger) if self.audit else "-"
+        t0 = time.monotonic()
+        inv = self.load_inventory()
+        report = Report(cid, trigger, [], [], [], [str(e) for e in inv.errors], dry_run=self.dry_run)
+        for err in inv.errors:
+            self._audit("input_error", error=str(err), source=err.source, line=err.line, field=err.field)
+        bridges = set(bridges) if bridges is not None else None
+        with self.state.locked(write=not self.dry_run):
+            guard = Guard(self.state.guard, self.clock)
+            handled: dict = {}
+            keys_now = set()
+            for rnd in range(MAX_ROUNDS):
+                try:
+                    snap = self.observe(bridges)
+                except NetmedicError as exc:
+                    report.errors.append(f"observation failed: {exc}")
+                    self._audit("error", error=f"observation failed: {exc}")
+                    break
+                if rnd == 0:
+                    report.released = self._release_stale(snap)
+                violations = self.check(snap)
+                if rnd == 0:
+                    report.violations = violations
+                acted = False
+                for v in violations:
+                    keys_now.add(v.key)
+                    if v.key in handled:
+                        continue
+                    outcome = self._handle(v, snap, guard)
+                    handled[v.key] = outcome
+                    report.outcomes.append(outcome)
+                    acted = acted or outcome.result == "healed"
+                if not acted:
+                    break
+            guard.prune(keys_now)
+        self.seen = keys_now
+        self._audit("reconciled", duration_ms=round((time.monotonic() - t0) * 1000, 2),
+                    violations=len(report.violations),
+                    results=_count(o.result for o in report.outcomes), released=len(report.released),
+                    scope=sorted(bridges) if bridges is not None else "all")
+        return report
+
+    def _handle(self, v: Violation, snap: Snapshot, guard: Guard) -> Outcome:
+        ipol = self.policy.invariants[v.invariant]
+        mode = ipol.mode_for(v.subject.bridge)
+        base = {"invariant": v.invariant, "kind": v.kind, "subject": v.subject.as_dict(), "mode": mode}
+        if self.seen is None or v.key not in self.seen:
+            self._audit("detected", **base, severity=v.severity, message=v.message, evidence=v.evidence)
+        healer, plan, why = self.plan_for(v, snap)
+        if plan is None:
+            return Outcome(v, "no_remedy" if healer is None else "skipped", why)
+        fields = {**base, "healer": plan.healer, "action": plan.summary,
+                  "steps": [s.description for s in plan.steps], "before": plan.before}
+        if mode == "observe":
+            return self._not_applied(v, plan, "observed", "observe mode: not applied", fields)
+        if self.dry_run:
+            return self._not_applied(v, plan, "planned", "dry-run: not applied", fields)
+        if self.policy.killed():
+            return self._not_applied(v, plan, "skipped", f"kill switch {self.policy.kill_switch_file} "
+                                     "is present: not applied", fields)
+        ok, why = guard.admit(v.key, ipol.limits)
+        if not ok:
+            if guard.took_trip(v.key):
+                self._audit("breaker_open", **fields, reason=why, level="alert")
+            return self._not_applied(v, plan, "skipped", why, fields)
+        guard.acted(v.key)
+        t0 = time.monotonic()
+        applied: list = []
+        try:
+            for step in plan.steps:
+                self.ops.execute(step)
+                applied.append(step)
+        except NetmedicError as exc:
+            self._rollback(applied, fields)
+            guard.failed(v.key, ipol.limits)
+            ms = _ms(t0)
+            self._audit("failed", **fields, result="failed", reason=str(exc), duration_ms=ms)
+            return Outcome(v, "failed", str(exc), plan, duration_ms=ms)
+        verified, after = self._verify(healer, v, ipol)
+        ms = _ms(t0)
+        if verified:
+            for rec in plan.records:
+                self.state.records[rec["key"]] = {**rec, "created": _iso(self.clock()),
+                                                  "correlation_id": self.audit.correlation_id if self.audit else None}
+            for key in plan.forgets:
+                self.state.records.pop(key, None)
+            guard.succeeded(v.key)
+            self._audit("healed", **fields, after=after, result="healed", duration_ms=ms)
+            return Outcome(v, "healed", "", plan, after, ms)
+        self._rollback(applied, fields)
+        guard.failed(v.key, ipol.limits)
+        self._audit("rolled_back", **fields, after=after, result="rolled_back",
+                    reason="verification failed: the violation was still observed after the change",
+                    duration_ms=ms)
+        return Outcome(v, "rolled_back", "verification failed", plan, after, ms)
+
+    def _not_applied(self, v, plan: Plan, result: str, reason: str, fields: dict) -> Outcome:
+        if self.seen is None or v.key not in self.seen:
+            self._audit("planned", **fields, result=result, reason=reason)
+        return Outcome(v, result, reason, plan)
+
+    def _verify(self, healer, v: Violation, ipol):
+        """Observe again (only the subject's bridge), with bounded retries."""
+        bridges = [v.subject.bridge] if v.subject.bridge else None
+        after: dict = {}
+        for attempt in range(max(1, ipol.limits.verify_retries)):
+            if attempt:
+                self.sleep(ipol.limits.verify_interval)
+            try:
+                snap = self.observe(bridges, firewall=v.invariant == "bridge_netfilter")
+            except NetmedicError:
+                continue
+            after = healer.after(snap, v)
+            if hasattr(healer, "verify"):
+                ok = healer.verify(snap, v)
+            else:
+                ok = v.key not in {x.key for x in INVARIANTS[v.invariant].check(snap, ipol.options)}
+            if ok:
+                return True, after
+        return False, after
+
+    def _rollback(self, applied: list, fields: dict) -> None:
+        """Undo applied steps in reverse. A failed undo is audited, never raised over the cause."""
+        for step in reversed(applied):
+            if step.undo is None:
+                continue
+            try:
+                self.ops.execute(step.undo)
+                self._audit("rollback_step", **fields, step=step.undo.description, result="ok")
+            except NetmedicError as exc:
+                self._audit("rollback_step", **fields, step=step.undo.description, result="failed",
+                            reason=str(exc), level="alert")
+
+    # --- netmedic's own records ---------------------------------------------------------------
+    def _release_stale(self, snap: Snapshot) -> list:
+        """Remove what netmedic created for subjects that are gone (VM stopped, duplicate gone), and
+        nothing else. Only within the observed bridges."""
+        running = {(n.bridge, n.mac, n.tap) for n in snap.inventory.nics}
+        dup_macs = _duplicate_macs(snap)
+        released = []
+        for key, rec in sorted(self.state.records.items()):
+            if not snap.observed(rec.get("bridge")):
+                continue
+            kind = rec.get("kind")
+            if kind == "fdb_pin" and (rec["bridge"], rec["mac"], rec["port"]) not in running:
+                steps = self._unpin_steps(snap, rec)
+                why = f"VM {rec.get('domain')} no longer runs with {rec['mac']} on {rec['port']}"
+            elif kind == "quarantine" and rec["mac"] not in dup_macs:
+                steps = self._unquarantine_steps(snap, rec)
+                why = f"{rec['mac']} is no longer duplicated"
+            else:
+                continue
+            if self.dry_run or self.policy.killed():
+                released.append({**rec, "result": "planned", "reason": why})
+                continue
+            ok = True
+            for step in steps:
+                try:
+                    self.ops.execute(step)
+                except NetmedicError as exc:
+                    ok = False
+                    self._audit("error", error=f"releasing {key}: {exc}", record=rec)
+            if ok:
+                del self.state.records[key]
+                released.append({**rec, "result": "released", "reason": why})
+                self._audit("released", record=rec, reason=why, steps=[s.description for s in steps],
+                            subject=Subject(bridge=rec.get("bridge"), port=rec.get("port"),
+                                            domain=rec.get("domain"), mac=rec.get("mac")).as_dict())
+        return released
+
+    def _unpin_steps(self, snap: Snapshot, rec: dict) -> list:
+        port, br = snap.link(rec["port"]), snap.bridge(rec["bridge"])
+        if port is None or br is None:
+            return []  # the tap (or bridge) is gone and took the pin with it
+        key = (rec["bridge"], rec["mac"])
+        entry = snap.fdb[key] if key in snap.fdb else self.ops.nl.fdb_get(br.index, rec["mac"])
+        if entry is None or entry.port_index != port.index or not entry.sticky:
+            return []  # no longer the entry netmedic made: leave it alone
+        return [Step("fdb_delete", {"port": port.name, "port_index": port.index, "mac": rec["mac"]},
+                     f"remove netmedic's pin of {rec['mac']} on {port.name}")]
+
+    @staticmethod
+    def _unquarantine_steps(snap: Snapshot, rec: dict) -> list:
+        port = snap.link(rec["port"])
+        if port is None or port.port is None or port.port.state != 0:
+            return []
+        prior = rec.get("prior_state", 3)
+        return [Step("set_port", {"port": port.name, "port_index": port.index, "state": prior},
+                     f"end the quarantine of {port.name}")]
+
+    def release_domain(self, domain: str, trigger: str = "manual") -> list:
+        """Remove every record (and its host state) netmedic made for one domain: the libvirt hook's
+        `stopped`/`release` path, which must not depend on the domain's XML still being there."""
+        if self.audit:
+            self.audit.new_correlation(trigger)
+        released = []
+        with self.state.locked(write=not self.dry_run):
+            mine = {k: r for k, r in self.state.records.items() if r.get("domain") == domain}
+            if not mine:
+                return []
+            snap = observe(self.ops.nl, inventory_mod.Inventory({}, {}, []), self.state.records,
+                           bridges={r.get("bridge") for r in mine.values()}, firewall=False)
+            for key, rec in sorted(mine.items()):
+                steps = (self._unpin_steps(snap, rec) if rec.get("kind") == "fdb_pin"
+                         else self._unquarantine_steps(snap, rec) if rec.get("kind") == "quarantine" else [])
+                if self.dry_run:
+                    released.append({**rec, "result": "planned"})
+                    continue
+                try:
+                    for step in steps:
+                        self.ops.execute(step)
+                except NetmedicError as exc:
+                    self._audit("error", error=f"releasing {key}: {exc}", record=rec)
+                    continue
+                del self.state.records[key]
+                released.append({**rec, "result": "released"})
+                self._audit("released", record=rec, reason=f"domain {domain} stopped",
+                            steps=[s.description for s in steps])
+        return released
+
+
+def _duplicate_macs(snap: Snapshot) -> set:
+    seen, dups = set(), set()
+    for n in snap.inventory.nics:
+        (dups if n.mac in seen else seen).add(n.mac)
+    return dups
+
+
+def _manual_hint(v: Violation) -> str:
+    hints = {
+        "wrong_bridge": "move the tap with `ip link set TAP master BRIDGE` if the domain XML is right",
+        "bridge_missing": "re-create the bridge; netmedic re-attaches the VM taps once it exists",
+        "tap_missing": "the domain's run-state XML names a tap that does not exist: check the VM",
+        "stp_blocking": "STP blocks the port (a loop?): check the topology or the bridge's STP settings",
+        "host_mac_clash": "give the VM (or the host interface) another MAC address",
+        "duplicate_vm_mac": "give one of the VMs a new MAC (virsh edit); enforce mode quarantines the newer one",
+    }
+    return hints.get(v.kind, "see docs/invariants.md")
+
+
+def _count(items) -> dict:
+    out: dict = {}
+    for i in items:
+        out[i] = out.get(i, 0) + 1
+    return out
+
+
+def _ms(t0: float) -> float:
+    return round((time.monotonic() - t0) * 1000, 2)
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

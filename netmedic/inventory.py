@@ -1,0 +1,234 @@
+"""What VMs and libvirt networks the host runs, from libvirt's run-state XML (always available, no
+libvirtd needed) or, optionally, the libvirt API.
+
+Domain files are libvirt's status format (`/run/libvirt/qemu/NAME.xml`: `<domstatus><domain>..`); a
+bare `<domain>` document is accepted too. Every file in the run directory is a running domain.
+
+Hostile input is refused, not parsed: no DOCTYPE/ENTITY declarations (entity expansion), a size cap,
+and every field validated. A bad file yields one InventoryError naming the file, line and field; the
+other files are still read.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import xml.etree.ElementTree as ET
+from typing import Iterable, Optional
+
+from netmedic.errors import InventoryError
+
+MAX_XML_BYTES = 4 * 1024 * 1024
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_DTD_RE = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+
+
+@dataclasses.dataclass(frozen=True)
+class VmNic:
+    domain: str
+    uuid: str
+    mac: str  # canonical lower-case
+    type: str  # 'bridge' or 'network' (others are not bridged and are ignored)
+    bridge: Optional[str]  # the bridge the tap must be a port of
+    tap: Optional[str]  # target dev (vnetN); None when libvirt has not named it
+    network: Optional[str] = None  # libvirt network name for type='network'
+    model: Optional[str] = None
+    vlans: tuple = ()  # tags from <vlan>
+    link_up: bool = True  # <link state='down'/> means the admin wants the link down
+    source_file: Optional[str] = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.domain}/{self.mac}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Domain:
+    name: str
+    uuid: str
+    nics: tuple  # of VmNic
+    source_file: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+    name: str
+    bridge: Optional[str]
+    forward_mode: Optional[str]  # 'nat', 'route', 'open', 'bridge', None (isolated)
+    forward_dev: Optional[str]
+    ips: tuple = ()  # 'address/prefix'
+    source_file: Optional[str] = None
+
+
+@dataclasses.dataclass
+class Inventory:
+    domains: dict  # name -> Domain
+    networks: dict  # name -> Network
+    errors: list  # InventoryError, one per rejected file or field
+
+    @property
+    def nics(self) -> list:
+        return [n for d in self.domains.values() for n in d.nics]
+
+
+def canonical_mac(value: str) -> str:
+    mac = value.strip().lower().replace("-", ":")
+    if not _MAC_RE.match(mac):
+        raise ValueError(f"not a MAC address: {value!r}")
+    return mac
+
+
+def valid_ifname(name: str) -> bool:
+    """The kernel's rules for an interface name (dev_valid_name)."""
+    return (0 < len(name) <= 15 and name not in (".", "..")
+            and not any(c in name for c in "/: \t\n\r\x00\x0b\x0c"))
+
+
+def _parse_xml(path: str) -> ET.Element:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_XML_BYTES + 1)
+    except OSError as exc:
+        raise InventoryError(f"cannot read: {exc.strerror}", source=path) from None
+    if len(data) > MAX_XML_BYTES:
+        raise InventoryError(f"larger than {MAX_XML_BYTES} bytes, refused", source=path)
+    m = _DTD_RE.search(data)
+    if m:
+        line = data.count(b"\n", 0, m.start()) + 1
+        raise InventoryError("DOCTYPE/ENTITY declarations are refused (entity expansion)",
+                             source=path, line=line)
+    try:
+        return ET.fromstring(data)
+    except ET.ParseError as exc:
+        line = exc.position[0] if getattr(exc, "position", None) else None
+        msg = str(exc).split(":")[0]
+        raise InventoryError(f"malformed XML: {msg}", source=path, line=line) from None
+
+
+def _line_of(path: str, needle: str) -> Optional[int]:
+    """Best-effort line number of the first occurrence of needle (ElementTree keeps no positions)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for i, line in enumerate(fh, 1):
+                if needle in line:
+                    return i
+    except OSError:
+        pass
+    return None
+
+
+def parse_domain(path: str, networks: Optional[dict] = None) -> Domain:
+    root = _parse_xml(path)
+    dom = root.find("domain") if root.tag == "domstatus" else root
+    if dom is None or dom.tag != "domain":
+        raise InventoryError(f"root element <{root.tag}> is neither <domstatus> nor <domain>", source=path)
+    name = (dom.findtext("name") or "").strip()
+    if not name:
+        raise InventoryError("missing", source=path, field="domain/name")
+    uuid = (dom.findtext("uuid") or "").strip()
+    nics = []
+    for i, iface in enumerate(dom.findall("./devices/interface")):
+        itype = iface.get("type", "")
+        if itype not in ("bridge", "network"):
+            continue
+        field = f"devices/interface[{i}]"
+        mac_el = iface.find("mac")
+        if mac_el is None or not mac_el.get("address"):
+            raise InventoryError("missing <mac address>", source=path, field=f"{field}/mac",
+                                 line=_line_of(path, "<interface"))
+        try:
+            mac = canonical_mac(mac_el.get("address", ""))
+        except ValueError as exc:
+            raise InventoryError(str(exc), source=path, field=f"{field}/mac/@address",
+                                 line=_line_of(path, mac_el.get("address", ""))) from None
+        src = iface.find("source")
+        bridge = src.get("bridge") if src is not None else None
+        network = src.get("network") if src is not None else None
+        if itype == "network" and not bridge and network and networks and network in networks:
+            bridge = networks[network].bridge
+        target = iface.find("target")
+        tap = target.get("dev") if target is not None else None
+        for fname, value in (("source/@bridge", bridge), ("target/@dev", tap)):
+            if value is not None and not valid_ifname(value):
+                raise InventoryError(f"not a valid interface name: {value!r}", source=path,
+                                     field=f"{field}/{fname}", line=_line_of(path, value))
+        model_el = iface.find("model")
+        vlans = []
+        for tag in iface.findall("./vlan/tag"):
+            try:
+                vid = int(tag.get("id", ""))
+                if not 1 <= vid <= 4094:
+                    raise ValueError
+            except ValueError:
+                raise InventoryError(f"VLAN id {tag.get('id')!r} is not 1..4094", source=path,
+                                     field=f"{field}/vlan/tag/@id") from None
+            vlans.append(vid)
+        link = iface.find("link")
+        nics.append(VmNic(domain=name, uuid=uuid, mac=mac, type=itype, bridge=bridge, tap=tap,
+                          network=network, model=model_el.get("type") if model_el is not None else None,
+                          vlans=tuple(vlans), link_up=(link is None or link.get("state", "up") != "down"),
+                          source_file=path))
+    return Domain(name=name, uuid=uuid, nics=tuple(nics), source_file=path)
+
+
+def parse_network(path: str) -> Network:
+    root = _parse_xml(path)
+    net = root.find("network") if root.tag == "networkstatus" else root
+    if net is None or net.tag != "network":
+        raise InventoryError(f"root element <{root.tag}> is neither <networkstatus> nor <network>",
+                             source=path)
+    name = (net.findtext("name") or "").strip()
+    if not name:
+        raise InventoryError("missing", source=path, field="network/name")
+    br = net.find("bridge")
+    bridge = br.get("name") if br is not None else None
+    if bridge is not None and not valid_ifname(bridge):
+        raise InventoryError(f"not a valid interface name: {bridge!r}", source=path,
+                             field="network/bridge/@name")
+    fwd = net.find("forward")
+    mode = (fwd.get("mode", "nat") if fwd is not None else None)
+    dev = fwd.get("dev") if fwd is not None else None
+    ips = []
+    for ip in net.findall("ip"):
+        addr = ip.get("address")
+        if not addr:
+            continue
+        if ip.get("prefix"):
+            ips.append(f"{addr}/{ip.get('prefix')}")
+        elif ip.get("netmask"):
+            bits = sum(bin(int(o)).count("1") for o in ip.get("netmask", "").split(".") if o.isdigit())
+            ips.append(f"{addr}/{bits}")
+    return Network(name=name, bridge=bridge, forward_mode=mode, forward_dev=dev, ips=tuple(ips),
+                   source_file=path)
+
+
+def _xml_files(directory: Optional[str]) -> Iterable[str]:
+    if not directory or not os.path.isdir(directory):
+        return []
+    return sorted(os.path.join(directory, f) for f in os.listdir(directory)
+                  if f.endswith(".xml") and not f.startswith("."))
+
+
+def load(domain_dir: Optional[str], network_dir: Optional[str]) -> Inventory:
+    """Read every domain and network file; bad files become errors, never exceptions."""
+    errors: list = []
+    networks: dict = {}
+    for path in _xml_files(network_dir):
+        try:
+            net = parse_network(path)
+            networks[net.name] = net
+        except InventoryError as exc:
+            errors.append(exc)
+    domains: dict = {}
+    for path in _xml_files(domain_dir):
+        try:
+            dom = parse_domain(path, networks)
+        except InventoryError as exc:
+            errors.append(exc)
+            continue
+        if dom.name in domains:
+            errors.append(InventoryError(f"domain {dom.name!r} is also defined in "
+                                         f"{domains[dom.name].source_file}", source=path, field="domain/name"))
+            continue
+        domains[dom.name] = dom
+    return Inventory(domains=domains, networks=networks, errors=errors)

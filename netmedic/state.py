@@ -1,0 +1,69 @@
+"""netmedic's own memory, in one JSON file under the state directory (default /var/lib/netmedic):
+
+- `records`: everything netmedic created on the host (fdb pins, quarantined ports, firewall rules), so
+  that a VM stop removes exactly those and nothing else;
+- `guard`: the bounds' counters (rate limits, backoff, circuit breaker), shared by the daemon, the
+  libvirt hook and one-shot `netmedic heal` runs.
+
+Writers hold an exclusive flock on `state.lock` for the whole read-modify-write, and replace the file
+atomically, so a crash never leaves it half-written.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+
+DEFAULT_STATE_DIR = "/var/lib/netmedic"
+
+
+class State:
+    def __init__(self, directory: str = DEFAULT_STATE_DIR):
+        self.directory = directory
+        self.path = os.path.join(directory, "state.json")
+        self.records: dict = {}
+        self.guard: dict = {}
+
+    def _load(self) -> None:
+        try:
+            with open(self.path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except FileNotFoundError:
+            data = {}
+        except (OSError, ValueError):
+            # A corrupt file must not stop healing: keep it aside for the admin and start afresh.
+            with contextlib.suppress(OSError):
+                os.replace(self.path, self.path + ".corrupt")
+            data = {}
+        self.records = data.get("records", {}) if isinstance(data, dict) else {}
+        self.guard = data.get("guard", {}) if isinstance(data, dict) else {}
+
+    def _save(self) -> None:
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump({"version": 1, "records": self.records, "guard": self.guard}, fh, indent=1,
+                      sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
+    @contextlib.contextmanager
+    def locked(self, write: bool = True):
+        """Load under an exclusive lock; save on a clean exit when write is true."""
+        os.makedirs(self.directory, mode=0o750, exist_ok=True)
+        with open(os.path.join(self.directory, "state.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                self._load()
+                yield self
+                if write:
+                    self._save()
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def read(self) -> State:
+        """A consistent read without keeping the lock."""
+        with self.locked(write=False):
+            pass
+        return self

@@ -1,0 +1,50 @@
+"""bridge_netfilter: bridged VM traffic is not silently dropped by iptables. With br_netfilter on
+(the netns sysctl `bridge-nf-call-iptables` or the bridge's own nf_call_iptables), bridged IPv4 goes
+through the FORWARD chain; a policy of DROP (what Docker sets) with no ACCEPT for the bridge then
+blackholes it while ARP still resolves."""
+from __future__ import annotations
+
+from netmedic.model import Subject, Violation
+from netmedic.ops import bridge_accept_rule
+from netmedic.policies.config import Option
+
+NAME = "bridge_netfilter"
+DESCRIPTION = "bridged traffic is not dropped by an iptables FORWARD policy through br_netfilter"
+DEFAULT_ENABLED = True
+DEFAULT_MODE = "observe"  # firewall changes are the admin's call
+OPTIONS = {
+    "remedy": Option("accept-rule", "accept-rule: insert `-i BR -o BR -j ACCEPT` at the top of FORWARD "
+                     "in the backend that drops", choices=("accept-rule",)),
+}
+REMEDIES = {"bridged_traffic_dropped": "netfilter_accept"}
+
+
+def accepts_bridge(rule: str, bridge: str) -> bool:
+    words = rule.split()
+    if "-j" not in words or words[words.index("-j") + 1] != "ACCEPT":
+        return False
+    if "--physdev-is-bridged" in words and len(words) <= 8:
+        return True
+    return words[2:] == bridge_accept_rule(bridge)
+
+
+def check(snapshot, options) -> list:
+    out = []
+    global_nf = snapshot.sysctl("net", "bridge", "bridge-nf-call-iptables") == "1"
+    bridges = sorted({n.bridge for n in snapshot.nics() if snapshot.bridge(n.bridge) is not None})
+    for bridge in bridges:
+        br = snapshot.bridge(bridge)
+        per_bridge = bool(br.bridge and br.bridge.nf_call_iptables)
+        if not (global_nf or per_bridge):
+            continue
+        for chain in snapshot.forward_chains:
+            if chain.policy == "ACCEPT" or any(accepts_bridge(r, bridge) for r in chain.rules):
+                continue
+            out.append(Violation(
+                NAME, "bridged_traffic_dropped", Subject(bridge=bridge),
+                f"bridged IPv4 on {bridge} goes through iptables ({chain.backend}) FORWARD, whose policy is "
+                f"{chain.policy} with no ACCEPT for {bridge}: VM traffic is dropped while ARP still works",
+                {"backend": chain.backend, "forward_policy": chain.policy,
+                 "bridge_nf_call_iptables": {"sysctl": global_nf, "bridge": per_bridge},
+                 "forward_rules": len(chain.rules)}))
+    return out
