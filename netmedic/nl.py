@@ -11,6 +11,7 @@ import dataclasses
 import errno
 import os
 import re
+import select
 import socket
 import struct
 import types
@@ -602,9 +603,10 @@ def _parse_events(data, length: Optional[int] = None) -> list[Event]:
 class Listener:
     """Subscribes to link and neighbour (fdb) notifications of this network namespace.
 
-    A plain AF_NETLINK socket (not pyroute2: its parser keeps up with ~7-9k fdb events/s, a flapping
-    bridge produces more). After an Overflow the socket is a new one: fileno() changes, so re-register
-    it with the caller's selector/epoll.
+    A plain AF_NETLINK socket and a lean parser of the raw messages (pyroute2's parser keeps up with
+    ~7-9k fdb events/s; a bridge under a MAC flap produces more). fileno() is an epoll descriptor
+    watching that socket: it stays the same when an Overflow replaces the socket, so the caller's
+    selector/epoll registration stays valid.
     """
 
     def __init__(self, rcvbuf: int = 4 * 1024 * 1024) -> None:
@@ -612,7 +614,12 @@ class Listener:
         self._buf = bytearray(65536)
         self._view = memoryview(self._buf)
         self._sock: Optional[socket.socket] = None
-        self._sock = self._open()
+        self._ep = select.epoll()
+        try:
+            self._sock = self._open()
+        except BaseException:
+            self._ep.close()
+            raise
 
     def _open(self) -> socket.socket:
         try:
@@ -622,31 +629,33 @@ class Listener:
         try:
             try:
                 sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, self._rcvbuf)  # beyond rmem_max
-            except OSError:  # not CAP_NET_ADMIN: capped at net.core.rmem_max
+            except OSError:  # no CAP_NET_ADMIN: capped at net.core.rmem_max
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._rcvbuf)
             sock.bind((0, _RTMGRP_LINK | _RTMGRP_NEIGH))
             sock.setblocking(False)
+            self._ep.register(sock.fileno(), select.EPOLLIN)
         except OSError as exc:
             sock.close()
             raise HostError(f"subscribe to link and fdb notifications: {_errno_text(exc.errno)}") from None
         return sock
 
     def fileno(self) -> int:
+        """A descriptor that polls readable while notifications are queued (stable across Overflow)."""
         if self._sock is None:
-            return -1
-        return self._sock.fileno()
+            raise ValueError("listener is closed")
+        return self._ep.fileno()
 
     def read(self) -> list[Event]:
         """Events available now (call when fileno() is readable). Raises Overflow after reopening the
         socket when the kernel dropped notifications (ENOBUFS)."""
         sock = self._sock
         if sock is None:
-            raise HostError("listener already closed")
+            raise ValueError("listener is closed")
         events: list[Event] = []
         recv_into = sock.recv_into
         buf = self._buf
         view = self._view
-        for _ in range(_READ_BATCH):
+        for _ in range(_READ_BATCH):  # bounded: fileno() stays readable when more is queued
             try:
                 n = recv_into(view)
             except (BlockingIOError, InterruptedError):
@@ -663,9 +672,14 @@ class Listener:
         return events
 
     def _reopen(self) -> None:
-        """After ENOBUFS: drop the socket (and its backlog of stale notifications) for a new one."""
+        """After ENOBUFS: close the socket (dropping its backlog of stale notifications), open and
+        subscribe a new one."""
         old, self._sock = self._sock, None
         if old is not None:
+            try:
+                self._ep.unregister(old.fileno())
+            except OSError:
+                pass
             old.close()
         self._sock = self._open()
 
@@ -673,6 +687,8 @@ class Listener:
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
+        if not self._ep.closed:
+            self._ep.close()
 
     def __enter__(self) -> Listener:
         return self
