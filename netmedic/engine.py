@@ -10,6 +10,7 @@ import time
 from typing import Callable, Iterable, Optional
 
 from netmedic import inventory as inventory_mod
+from netmedic import nl
 from netmedic.audit import Audit
 from netmedic.bounds import Guard
 from netmedic.errors import NetmedicError
@@ -286,8 +287,8 @@ class Engine:
     @staticmethod
     def _unquarantine_steps(snap: Snapshot, rec: dict) -> list:
         port = snap.link(rec["port"])
-        if port is None or port.port is None or port.port.state != 0:
-            return []
+        if port is None or port.port is None or port.port.state != nl.BR_STATE_LISTENING:
+            return []  # gone, or no longer in the state netmedic set
         prior = rec.get("prior_state", 3)
         return [Step("set_port", {"port": port.name, "port_index": port.index, "state": prior},
                      f"end the quarantine of {port.name}")]

@@ -11,9 +11,11 @@ other files are still read.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import xml.etree.ElementTree as ET
+import xml.parsers.expat
 from typing import Iterable, Optional
 
 from netmedic.errors import InventoryError
@@ -84,6 +86,32 @@ def valid_ifname(name: str) -> bool:
             and not any(c in name for c in "/: \t\n\r\x00\x0b\x0c"))
 
 
+class _DtdFound(Exception):
+    def __init__(self, line: int):
+        super().__init__(line)
+        self.line = line
+
+
+def _dtd_line(data: bytes) -> Optional[int]:
+    """The line of a DOCTYPE or ENTITY declaration that the byte scan cannot see (the document is in
+    another encoding, e.g. UTF-16): expat stops at the declaration, before any entity is defined."""
+    parser = xml.parsers.expat.ParserCreate()
+
+    def refuse(*_args):
+        raise _DtdFound(parser.CurrentLineNumber)
+
+    parser.StartDoctypeDeclHandler = refuse
+    parser.EntityDeclHandler = refuse
+    parser.UnparsedEntityDeclHandler = refuse
+    try:
+        parser.Parse(data, True)
+    except _DtdFound as found:
+        return found.line
+    except (xml.parsers.expat.ExpatError, ValueError, LookupError):
+        pass  # malformed: ElementTree reports it
+    return None
+
+
 def _parse_xml(path: str) -> ET.Element:
     try:
         with open(path, "rb") as fh:
@@ -93,8 +121,8 @@ def _parse_xml(path: str) -> ET.Element:
     if len(data) > MAX_XML_BYTES:
         raise InventoryError(f"larger than {MAX_XML_BYTES} bytes, refused", source=path)
     m = _DTD_RE.search(data)
-    if m:
-        line = data.count(b"\n", 0, m.start()) + 1
+    line = data.count(b"\n", 0, m.start()) + 1 if m else _dtd_line(data)
+    if line is not None:
         raise InventoryError("DOCTYPE/ENTITY declarations are refused (entity expansion)",
                              source=path, line=line)
     try:
@@ -105,16 +133,22 @@ def _parse_xml(path: str) -> ET.Element:
         raise InventoryError(f"malformed XML: {msg}", source=path, line=line) from None
 
 
-def _line_of(path: str, needle: str) -> Optional[int]:
-    """Best-effort line number of the first occurrence of needle (ElementTree keeps no positions)."""
+def _line_of(path: str, needle: str, nth: int = 0, after: Optional[int] = None) -> Optional[int]:
+    """Best-effort line number of the nth (0-based) occurrence of needle at or after line `after`
+    (ElementTree keeps no positions)."""
+    if not needle:
+        return after
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
             for i, line in enumerate(fh, 1):
-                if needle in line:
+                if after is not None and i < after:
+                    continue
+                nth -= line.count(needle)
+                if nth < 0:
                     return i
     except OSError:
         pass
-    return None
+    return after
 
 
 def parse_domain(path: str, networks: Optional[dict] = None) -> Domain:
@@ -132,15 +166,16 @@ def parse_domain(path: str, networks: Optional[dict] = None) -> Domain:
         if itype not in ("bridge", "network"):
             continue
         field = f"devices/interface[{i}]"
+        iface_line = _line_of(path, "<interface", nth=i)
         mac_el = iface.find("mac")
         if mac_el is None or not mac_el.get("address"):
             raise InventoryError("missing <mac address>", source=path, field=f"{field}/mac",
-                                 line=_line_of(path, "<interface"))
+                                 line=iface_line)
         try:
             mac = canonical_mac(mac_el.get("address", ""))
         except ValueError as exc:
             raise InventoryError(str(exc), source=path, field=f"{field}/mac/@address",
-                                 line=_line_of(path, mac_el.get("address", ""))) from None
+                                 line=_line_of(path, mac_el.get("address", ""), after=iface_line)) from None
         src = iface.find("source")
         bridge = src.get("bridge") if src is not None else None
         network = src.get("network") if src is not None else None
@@ -151,7 +186,7 @@ def parse_domain(path: str, networks: Optional[dict] = None) -> Domain:
         for fname, value in (("source/@bridge", bridge), ("target/@dev", tap)):
             if value is not None and not valid_ifname(value):
                 raise InventoryError(f"not a valid interface name: {value!r}", source=path,
-                                     field=f"{field}/{fname}", line=_line_of(path, value))
+                                     field=f"{field}/{fname}", line=_line_of(path, value, after=iface_line))
         model_el = iface.find("model")
         vlans = []
         for tag in iface.findall("./vlan/tag"):
@@ -161,7 +196,7 @@ def parse_domain(path: str, networks: Optional[dict] = None) -> Domain:
                     raise ValueError
             except ValueError:
                 raise InventoryError(f"VLAN id {tag.get('id')!r} is not 1..4094", source=path,
-                                     field=f"{field}/vlan/tag/@id") from None
+                                     field=f"{field}/vlan/tag/@id", line=iface_line) from None
             vlans.append(vid)
         link = iface.find("link")
         nics.append(VmNic(domain=name, uuid=uuid, mac=mac, type=itype, bridge=bridge, tap=tap,
@@ -189,15 +224,21 @@ def parse_network(path: str) -> Network:
     mode = (fwd.get("mode", "nat") if fwd is not None else None)
     dev = fwd.get("dev") if fwd is not None else None
     ips = []
-    for ip in net.findall("ip"):
+    for i, ip in enumerate(net.findall("ip")):
         addr = ip.get("address")
         if not addr:
             continue
-        if ip.get("prefix"):
-            ips.append(f"{addr}/{ip.get('prefix')}")
-        elif ip.get("netmask"):
-            bits = sum(bin(int(o)).count("1") for o in ip.get("netmask", "").split(".") if o.isdigit())
-            ips.append(f"{addr}/{bits}")
+        try:
+            if ip.get("prefix"):
+                iface = ipaddress.ip_interface(f"{addr}/{ip.get('prefix')}")
+            elif ip.get("netmask"):  # IPv4 only; a non-contiguous mask is an error
+                iface = ipaddress.IPv4Interface(f"{addr}/{ip.get('netmask')}")
+            else:
+                continue  # no prefix: nothing netmedic can use
+        except ValueError as exc:
+            raise InventoryError(f"not a valid address/prefix: {exc}", source=path,
+                                 field=f"network/ip[{i}]", line=_line_of(path, addr)) from None
+        ips.append(f"{iface.ip}/{iface.network.prefixlen}")
     return Network(name=name, bridge=bridge, forward_mode=mode, forward_dev=dev, ips=tuple(ips),
                    source_file=path)
 

@@ -641,6 +641,7 @@ def _write_xml(directory: str, name: str, root: ET.Element) -> str:
     ET.indent(root, space="  ")
     body = ET.tostring(root, encoding="unicode")
     safe = name if "--" not in name and not name.endswith("-") else "NAME"
+    os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, f"{name}.xml")
     tmp = path + ".new"  # libvirt rewrites its files the same way: write .new, then rename
     with open(tmp, "w", encoding="utf-8") as fh:
@@ -822,7 +823,7 @@ class SeedLab:
         start = time.monotonic()
         while True:
             self.forget_gateway()
-            self.topo.ping(self.vm, self.gw_ip, count=1, timeout=0.2)
+            self.topo.ping(self.vm, self.gw_ip, count=1, timeout=0.05)
             if self.uplink in self.vm_mac_ports():
                 return time.monotonic() - start
             if time.monotonic() - start > timeout:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 import os
 from typing import Any, Optional
 
@@ -31,6 +32,7 @@ class Option:
 
     def validate(self, value, where):
         if self.choices is not None:
+            value = _onoff(value, self.choices)
             if value not in self.choices:
                 raise where(f"must be one of {', '.join(map(str, self.choices))} (got {value!r})")
         elif self.type is not None:
@@ -40,6 +42,16 @@ class Option:
             if not ok:
                 raise where(f"must be a {self.type.__name__} (got {value!r})")
         return value
+
+
+def _onoff(value, choices):
+    """YAML 1.1 reads an unquoted on/off (yes/no) as a boolean: where 'on'/'off' are the words the
+    option takes, take the boolean for the word."""
+    if isinstance(value, bool):
+        word = "on" if value else "off"
+        if word in choices:
+            return word
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,8 +163,15 @@ class _Doc:
         return lambda message: self.error(path, message)
 
 
-def _convert(node, path: str, doc: _Doc):
+def _convert(node, path: str, doc: _Doc, seen: Optional[set] = None):
     doc.lines.setdefault(path, node.start_mark.line + 1)
+    if seen is None:
+        seen = set()
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        # An alias to a mapping/list can recurse (&a [*a]) or multiply (a "billion laughs"): refused.
+        if id(node) in seen:
+            raise doc.error(path, "YAML aliases (*name) of mappings or lists are not supported")
+        seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
         out = {}
         for knode, vnode in node.value:
@@ -163,12 +182,17 @@ def _convert(node, path: str, doc: _Doc):
             doc.lines[sub] = knode.start_mark.line + 1
             if key in out:
                 raise doc.error(sub, "duplicate key")
-            out[key] = _convert(vnode, sub, doc)
+            out[key] = _convert(vnode, sub, doc, seen)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_convert(v, f"{path}[{i}]", doc) for i, v in enumerate(node.value)]
-    return yaml.SafeLoader(  # resolve the scalar's tag the safe way (bool, int, float, null, str)
-        "").construct_object(node, deep=True)
+        return [_convert(v, f"{path}[{i}]", doc, seen) for i, v in enumerate(node.value)]
+    try:  # resolve the scalar's tag the safe way (bool, int, float, null, str)
+        return yaml.SafeLoader("").construct_object(node, deep=True)
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:  # !!python/..., !!int abc
+        problem = getattr(exc, "problem", None) or str(exc)
+        problem = " ".join(problem.split())
+        raise PolicyError(f"invalid value {node.value!r} (tag {node.tag}): {problem}",
+                          source=doc.source, line=node.start_mark.line + 1, field=path or None) from None
 
 
 def _read_yaml(text: str, source: str, doc: _Doc):
@@ -203,9 +227,12 @@ def _limits(raw, base: Limits, path: str, doc: _Doc) -> Limits:
             kpath = f"{gpath}.{key}"
             if key not in LIMIT_FIELDS[group]:
                 raise doc.error(kpath, f"unknown key (known: {', '.join(LIMIT_FIELDS[group])})")
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise doc.error(kpath, f"must be a number >= 0 (got {v!r})")
             attr = LIMIT_FIELDS[group][key]
+            integer = isinstance(getattr(base, attr), int)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise doc.error(kpath, f"must be {'an integer' if integer else 'a number'} >= 0 (got {v!r})")
+            if integer and not isinstance(v, int):
+                raise doc.error(kpath, f"must be an integer >= 0 (got {v!r})")
             changes[attr] = type(getattr(base, attr))(v)
     return dataclasses.replace(base, **changes)
 
@@ -238,7 +265,7 @@ def parse(text: str, source: str = "<policy>") -> Policy:
         if key not in TOP_KEYS:
             raise doc.error(key, f"unknown key (known: {', '.join(TOP_KEYS)})")
     version = data.get("version", 1)
-    if version != 1:
+    if isinstance(version, bool) or not isinstance(version, int) or version != 1:
         raise doc.error("version", f"unsupported policy version {version!r} (this netmedic reads 1)")
     mode = data.get("mode", None)
     if mode is not None and mode not in MODES:
@@ -248,7 +275,8 @@ def parse(text: str, source: str = "<policy>") -> Policy:
     if not isinstance(kill, str):
         raise doc.error("kill_switch_file", "must be a path")
     resync = data.get("resync_interval", 60)
-    if isinstance(resync, bool) or not isinstance(resync, (int, float)) or resync <= 0:
+    if isinstance(resync, bool) or not isinstance(resync, (int, float)) or not math.isfinite(resync) \
+            or resync <= 0:
         raise doc.error("resync_interval", f"must be a number of seconds > 0 (got {resync!r})")
     raw_scope = data.get("scope", {}) or {}
     if not isinstance(raw_scope, dict):
@@ -288,6 +316,7 @@ def parse(text: str, source: str = "<policy>") -> Policy:
         if not isinstance(raw_br, dict):
             raise doc.error(f"{path}.bridges", "must be a mapping of bridge name/glob to observe|enforce|off")
         for pattern, bmode in raw_br.items():
+            bmode = _onoff(bmode, ("off",))
             if bmode not in MODES + ("off",):
                 raise doc.error(f"{path}.bridges.{pattern}", f"must be observe, enforce or off (got {bmode!r})")
             bridge_modes.append((str(pattern), bmode))
@@ -309,10 +338,13 @@ def load(path: Optional[str]) -> Policy:
     if path is None:
         path = DEFAULT_POLICY_PATH if os.path.exists(DEFAULT_POLICY_PATH) else SHIPPED_DEFAULT
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        with open(path, "rb") as fh:
+            data = fh.read()
     except OSError as exc:
         raise PolicyError(f"cannot read policy: {exc.strerror}", source=path) from None
-    except UnicodeDecodeError:
-        raise PolicyError("policy is not UTF-8 text", source=path) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PolicyError(f"policy is not UTF-8 text (byte 0x{data[exc.start]:02x})", source=path,
+                          line=data.count(b"\n", 0, exc.start) + 1) from None
     return parse(text, path)

@@ -13,7 +13,7 @@ OPTIONS = {
     "on_start": Option("allow", "libvirt hook at VM start: allow (and audit) or refuse-start a VM whose MAC "
                        "is already used", choices=("allow", "refuse-start")),
     "remedy": Option("quarantine", "enforce mode: quarantine = set the newer duplicate's bridge port to "
-                     "disabled (frames dropped, link untouched) until the duplicate is gone",
+                     "listening (it forwards and learns nothing; link untouched) until the duplicate is gone",
                      choices=("quarantine",)),
 }
 REMEDIES = {"duplicate_vm_mac": "quarantine", "host_mac_clash": None}
