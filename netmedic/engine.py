@@ -61,6 +61,7 @@ class Engine:
         self.sleep = sleep
         self.seen: Optional[set] = None  # violation keys seen by the previous pass (daemon: audit news only)
         self.inventory = None
+        self.extra_domains: list = []  # inventory.Domain objects not (yet) in the run-state directory
 
     # --- the parts --------------------------------------------------------------------------
     def _audit(self, event: str, **fields) -> None:
@@ -68,7 +69,7 @@ class Engine:
             self.audit.event(event, **fields)
 
     def load_inventory(self):
-        self.inventory = inventory_mod.load(self.domain_dir, self.network_dir)
+        self.inventory = inventory_mod.load(self.domain_dir, self.network_dir, self.extra_domains)
         return self.inventory
 
     def observe(self, bridges: Optional[Iterable[str]] = None, firewall: bool = True) -> Snapshot:

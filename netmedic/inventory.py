@@ -112,12 +112,13 @@ def _dtd_line(data: bytes) -> Optional[int]:
     return None
 
 
-def _parse_xml(path: str) -> ET.Element:
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_XML_BYTES + 1)
-    except OSError as exc:
-        raise InventoryError(f"cannot read: {exc.strerror}", source=path) from None
+def _parse_xml(path: str, data: Optional[bytes] = None) -> ET.Element:
+    if data is None:
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(MAX_XML_BYTES + 1)
+        except OSError as exc:
+            raise InventoryError(f"cannot read: {exc.strerror}", source=path) from None
     if len(data) > MAX_XML_BYTES:
         raise InventoryError(f"larger than {MAX_XML_BYTES} bytes, refused", source=path)
     m = _DTD_RE.search(data)
@@ -151,8 +152,10 @@ def _line_of(path: str, needle: str, nth: int = 0, after: Optional[int] = None) 
     return after
 
 
-def parse_domain(path: str, networks: Optional[dict] = None) -> Domain:
-    root = _parse_xml(path)
+def parse_domain(path: str, networks: Optional[dict] = None, data: Optional[bytes] = None) -> Domain:
+    """A domain from a file, or from `data` (e.g. the XML libvirt gives a hook on stdin; `path` then
+    only names it in errors)."""
+    root = _parse_xml(path, data)
     dom = root.find("domain") if root.tag == "domstatus" else root
     if dom is None or dom.tag != "domain":
         raise InventoryError(f"root element <{root.tag}> is neither <domstatus> nor <domain>", source=path)
@@ -250,8 +253,9 @@ def _xml_files(directory: Optional[str]) -> Iterable[str]:
                   if f.endswith(".xml") and not f.startswith("."))
 
 
-def load(domain_dir: Optional[str], network_dir: Optional[str]) -> Inventory:
-    """Read every domain and network file; bad files become errors, never exceptions."""
+def load(domain_dir: Optional[str], network_dir: Optional[str], extra_domains: Iterable = ()) -> Inventory:
+    """Read every domain and network file; bad files become errors, never exceptions. `extra_domains`
+    (Domain objects, e.g. the one a libvirt hook is called for) replace files of the same name."""
     errors: list = []
     networks: dict = {}
     for path in _xml_files(network_dir):
@@ -271,5 +275,7 @@ def load(domain_dir: Optional[str], network_dir: Optional[str]) -> Inventory:
             errors.append(InventoryError(f"domain {dom.name!r} is also defined in "
                                          f"{domains[dom.name].source_file}", source=path, field="domain/name"))
             continue
+        domains[dom.name] = dom
+    for dom in extra_domains:
         domains[dom.name] = dom
     return Inventory(domains=domains, networks=networks, errors=errors)

@@ -129,6 +129,7 @@ _RTM_GETNEIGH = 30
 _NLM_F_REQUEST = 0x1
 _NLM_F_ACK = 0x4
 _NLM_F_DUMP = 0x300
+_NLM_F_DUMP_INTR = 0x10
 _NLM_F_REPLACE = 0x100
 _NLM_F_CREATE = 0x400
 _IFF_UP = 0x1
@@ -174,10 +175,12 @@ def _pyroute2():
     if _PYROUTE2 is None:
         from pyroute2 import IPRoute
         from pyroute2.netlink.exceptions import NetlinkDumpInterrupted, NetlinkError
+        from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
         from pyroute2.netlink.rtnl.ndmsg import ndmsg
 
         _PYROUTE2 = types.SimpleNamespace(IPRoute=IPRoute, NetlinkError=NetlinkError,
-                                          NetlinkDumpInterrupted=NetlinkDumpInterrupted, ndmsg=ndmsg)
+                                          NetlinkDumpInterrupted=NetlinkDumpInterrupted, ndmsg=ndmsg,
+                                          ifinfmsg=ifinfmsg)
     return _PYROUTE2
 
 
@@ -284,8 +287,27 @@ class Netlink:
         return self._ipr
 
     def _request(self, msg, msg_type: int, msg_flags: int) -> list:
-        """A raw request through pyroute2 (both versions): the parsed replies as a list."""
-        return list(self.ipr.nlm_request(msg, msg_type=msg_type, msg_flags=msg_flags))
+        """One request through pyroute2, the parsed replies as a list; a kernel error raises
+        NetlinkError at once.
+
+        Every write goes through here, not through IPRoute.link('set')/fdb(): pyroute2 0.7.2's
+        nlm_request() retries a request the kernel answers with EBUSY 30 times, 0.3 s apart, logging a
+        warning each time (a 9 s stall, e.g. set_port on a bridge running kernel STP); 0.9.x retries
+        only a failed send(). So on 0.7.2 do what its nlm_request() does, without the retry loop.
+        """
+        ipr = self.ipr
+        if hasattr(ipr, "asyncore"):  # pyroute2 >= 0.9
+            return list(ipr.nlm_request(msg, msg_type=msg_type, msg_flags=msg_flags))
+        seq = ipr.addr_pool.alloc()
+        try:
+            with ipr.lock[seq]:
+                ipr.put(msg, msg_type, msg_flags, msg_seq=seq)
+                replies = list(ipr.get(msg_seq=seq))
+        finally:
+            ipr.addr_pool.free(seq, ban=0xFF)  # as nlm_request(): a late reply to seq is dropped
+        if any(r["header"]["flags"] & _NLM_F_DUMP_INTR for r in replies):
+            raise self._pr.NetlinkDumpInterrupted()
+        return replies
 
     def _set_strict(self, on: bool) -> None:
         """NETLINK_GET_STRICT_CHK: without it the kernel ignores NDA_MASTER in an fdb dump request
@@ -329,11 +351,19 @@ class Netlink:
         """Exceptions that mean 'the kernel (or the socket) refused'."""
         return (self._pr.NetlinkError, OSError)
 
-    def _link_set(self, what, index: int, **kwarg) -> None:
+    def _link_set(self, what, index: int, attrs=(), flags: int = 0, change: int = 0) -> None:
+        """RTM_NEWLINK on an existing link (what `ip link set` sends); ifi_change 0 leaves the link's
+        flags (up/down) alone. what(): the operation, for the error message."""
+        msg = self._pr.ifinfmsg()
+        msg["family"] = _AF_UNSPEC
+        msg["index"] = int(index)
+        msg["flags"] = flags
+        msg["change"] = change
+        msg["attrs"] = [list(a) for a in attrs]
         try:
-            self.ipr.link("set", index=int(index), **kwarg)
+            self._request(msg, _RTM_NEWLINK, _NLM_F_REQUEST | _NLM_F_ACK)
         except self._errors() as exc:
-            raise self._host_error(what() if callable(what) else what, exc) from None
+            raise self._host_error(what(), exc) from None
 
     # --- reads -----------------------------------------------------------------------------
     def links(self) -> list[LinkInfo]:
@@ -488,44 +518,49 @@ class Netlink:
         else:
             def what():
                 return f"release {self._name(index)} from its master"
-        self._link_set(what, index, master=master_index)
+        self._link_set(what, index, attrs=[("IFLA_MASTER", master_index)])
 
     def set_up(self, index: int, up: bool) -> None:
         state = "up" if up else "down"
-        self._link_set(lambda: f"set {self._name(index)} {state}", index, state=state)
+        self._link_set(lambda: f"set {self._name(index)} {state}", index, flags=_IFF_UP if up else 0,
+                       change=_IFF_UP)
 
     def set_mtu(self, index: int, mtu: int) -> None:
         mtu = int(mtu)
-        self._link_set(lambda: f"set mtu of {self._name(index)} to {mtu}", index, mtu=mtu)
+        self._link_set(lambda: f"set mtu of {self._name(index)} to {mtu}", index, attrs=[("IFLA_MTU", mtu)])
 
     def set_port(self, index: int, state: Optional[int] = None, learning: Optional[bool] = None,
                  flood: Optional[bool] = None) -> None:
         """Set bridge-port attributes (IFLA_BRPORT_*) without touching the link's up/down state."""
-        # RTM_NEWLINK with IFLA_LINKINFO/IFLA_INFO_SLAVE_DATA (ifi_change 0: up/down untouched);
-        # NOT brport('set', state=...), which brings the link down.
-        attrs = {}
+        # RTM_NEWLINK with IFLA_LINKINFO {IFLA_INFO_SLAVE_KIND bridge, IFLA_INFO_SLAVE_DATA {...}}, as
+        # `ip link set PORT type bridge_slave state 3` (ifi_change 0: up/down untouched). NOT
+        # brport('set', state=...), which brings the link down.
+        data = []
         words = []
         if state is not None:
-            attrs["IFLA_BRPORT_STATE"] = int(state)
+            data.append(["IFLA_BRPORT_STATE", int(state)])
             words.append(f"state {PORT_STATE_NAMES.get(int(state), int(state))}")
         if learning is not None:
-            attrs["IFLA_BRPORT_LEARNING"] = 1 if learning else 0
+            data.append(["IFLA_BRPORT_LEARNING", 1 if learning else 0])
             words.append(f"learning {'on' if learning else 'off'}")
         if flood is not None:
-            attrs["IFLA_BRPORT_UNICAST_FLOOD"] = 1 if flood else 0
+            data.append(["IFLA_BRPORT_UNICAST_FLOOD", 1 if flood else 0])
             words.append(f"flood {'on' if flood else 'off'}")
-        if not attrs:
+        if not data:
             return
+        linkinfo = {"attrs": [["IFLA_INFO_SLAVE_KIND", "bridge"], ["IFLA_INFO_SLAVE_DATA", {"attrs": data}]]}
         self._link_set(lambda: f"set bridge port {self._name(index)} {', '.join(words)}", index,
-                       kind="bridge_slave", **attrs)
+                       attrs=[("IFLA_LINKINFO", linkinfo)])
 
     def set_bridge(self, index: int, nf_call_iptables: Optional[bool] = None) -> None:
         """Set bridge attributes (IFLA_BR_*)."""
         if nf_call_iptables is None:
             return
         value = 1 if nf_call_iptables else 0
+        linkinfo = {"attrs": [["IFLA_INFO_KIND", "bridge"],
+                              ["IFLA_INFO_DATA", {"attrs": [["IFLA_BR_NF_CALL_IPTABLES", value]]}]]}
         self._link_set(lambda: f"set nf_call_iptables {value} on bridge {self._name(index)}", index,
-                       kind="bridge", IFLA_BR_NF_CALL_IPTABLES=value)
+                       attrs=[("IFLA_LINKINFO", linkinfo)])
 
 
 # --- the listener: a plain netlink socket and a lean parser (pyroute2 parses ~10k msgs/s at most) ----
