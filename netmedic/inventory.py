@@ -132,6 +132,8 @@ def _parse_xml(path: str, data: Optional[bytes] = None) -> ET.Element:
         line = exc.position[0] if getattr(exc, "position", None) else None
         msg = str(exc).split(":")[0]
         raise InventoryError(f"malformed XML: {msg}", source=path, line=line) from None
+    except (ValueError, LookupError) as exc:  # an encoding expat cannot read ("UTF-32", unknown)
+        raise InventoryError(f"malformed XML: unsupported encoding ({exc})", source=path, line=1) from None
 
 
 def _line_of(path: str, needle: str, nth: int = 0, after: Optional[int] = None) -> Optional[int]:

@@ -233,16 +233,22 @@ def _link_from_msg(msg) -> LinkInfo:
 
 
 def _fdb_from_msg(msg) -> FdbInfo:
-    """FdbInfo from a pyroute2 ndmsg of family AF_BRIDGE."""
+    """FdbInfo from a pyroute2 ndmsg of family AF_BRIDGE.
+
+    The kernel marks an entry of the bridge's own table with NDA_MASTER and leaves NTF_MASTER out of
+    ndm_flags; NTF_MASTER is added here so flags say what `bridge fdb` shows as "master"."""
     master = msg.get_attr("NDA_MASTER")
     vlan = msg.get_attr("NDA_VLAN")
+    flags = int(msg["flags"] or 0)
+    if master:
+        flags |= NTF_MASTER
     return FdbInfo(
         mac=(msg.get_attr("NDA_LLADDR") or "").lower(),
         port_index=int(msg["ifindex"]),
         bridge_index=int(master) if master else None,
         vlan=int(vlan) if vlan is not None else None,
         state=int(msg["state"] or 0),
-        flags=int(msg["flags"] or 0),
+        flags=flags,
     )
 
 
@@ -649,6 +655,7 @@ class Listener:
         self._buf = bytearray(65536)
         self._view = memoryview(self._buf)
         self._sock: Optional[socket.socket] = None
+        self._closed = False
         self._ep = select.epoll()
         try:
             self._sock = self._open()
@@ -676,16 +683,19 @@ class Listener:
 
     def fileno(self) -> int:
         """A descriptor that polls readable while notifications are queued (stable across Overflow)."""
-        if self._sock is None:
+        if self._closed:
             raise ValueError("listener is closed")
         return self._ep.fileno()
 
     def read(self) -> list[Event]:
         """Events available now (call when fileno() is readable). Raises Overflow after reopening the
         socket when the kernel dropped notifications (ENOBUFS)."""
-        sock = self._sock
-        if sock is None:
+        if self._closed:
             raise ValueError("listener is closed")
+        sock = self._sock
+        if sock is None:  # the reopen after an overflow failed: try again; events were lost meanwhile
+            self._sock = self._open()
+            raise Overflow("rtnetlink notifications were lost while the listener was reopened")
         events: list[Event] = []
         recv_into = sock.recv_into
         buf = self._buf
@@ -719,6 +729,7 @@ class Listener:
         self._sock = self._open()
 
     def close(self) -> None:
+        self._closed = True
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()

@@ -10,6 +10,7 @@ import dataclasses
 import fnmatch
 import math
 import os
+import re
 from typing import Any, Optional
 
 import yaml
@@ -163,15 +164,24 @@ class _Doc:
         return lambda message: self.error(path, message)
 
 
+_COLLECTION_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
+
+
 def _convert(node, path: str, doc: _Doc, seen: Optional[set] = None):
-    doc.lines.setdefault(path, node.start_mark.line + 1)
     if seen is None:
         seen = set()
     if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
         # An alias to a mapping/list can recurse (&a [*a]) or multiply (a "billion laughs"): refused.
+        # (The node's own mark is its anchor's: name the line of the key that holds the alias.)
         if id(node) in seen:
-            raise doc.error(path, "YAML aliases (*name) of mappings or lists are not supported")
+            line = doc.lines.get(path) or doc.lines.get(re.sub(r"(\[\d+\])+$", "", path))
+            raise PolicyError("YAML aliases (*name) of mappings or lists are not supported",
+                              source=doc.source, line=line, field=path or None)
         seen.add(id(node))
+        if node.tag not in _COLLECTION_TAGS:  # e.g. !!python/object/apply: never constructed
+            raise PolicyError(f"unsupported YAML tag {node.tag}", source=doc.source,
+                              line=node.start_mark.line + 1, field=path or None)
+    doc.lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         out = {}
         for knode, vnode in node.value:

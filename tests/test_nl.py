@@ -262,11 +262,16 @@ def test_fdb_get_hit_miss_and_dump_filtered(bridged):
     assert "52:54:00:6e:6d:99" not in dump
     assert [e["mac"] for e in res["dump1"]].count("52:54:00:6e:6d:99") == 1
     # the same set `bridge fdb show br br0` reports as the bridge's (master) table
+    # the same entries `bridge fdb show br br0` reports as the bridge's (master) table, give or take
+    # one learned meanwhile (the veth peers' own IPv6 traffic)
     shown = json.loads(bridged.bridge("-j", "fdb", "show", "br", "br0"))
-    master = {e["mac"] for e in shown if e.get("master") == "br0"}
-    assert set(dump) == master
-    # a port's own (self) address entries are not bridge fdb entries
+    master = {e["mac"]: e for e in shown if e.get("master") == "br0"}
+    assert set(dump) <= set(master)
+    assert all(master[mac].get("state", "") == "" for mac in set(master) - set(dump))
+    # a port's own (self) address entries are not bridge fdb entries; master ones say so in flags
     assert not any(e["flags"] & nl.NTF_SELF for e in res["dump"])
+    assert all(e["flags"] & nl.NTF_MASTER for e in res["dump"])
+    assert learned["flags"] & nl.NTF_MASTER and static["flags"] & nl.NTF_MASTER
 
 
 @netns
@@ -644,10 +649,12 @@ def test_listener_keeps_up_with_a_burst(bridged):
             listener = nl.Listener()
             sh("bridge", "-batch", "{batch}")
             t = time.monotonic()
-            events = read_until(listener, lambda ev: sum(1 for e in ev if e.kind == "fdb") >= {2 * count})
+            events = read_until(listener, lambda ev: sum(1 for e in ev if e.kind == "fdb") >= {2 * count},
+                                timeout=20)
+            mine = [e for e in events if e.kind == "fdb" and e.mac.startswith("02:00:00:01:")]
             out({{"seconds": time.monotonic() - t,
-                  "new": len({{e.mac for e in events if e.kind == "fdb" and e.action == "new"}}),
-                  "del": len({{e.mac for e in events if e.kind == "fdb" and e.action == "del"}})}})
+                  "new": len({{e.mac for e in mine if e.action == "new"}}),
+                  "del": len({{e.mac for e in mine if e.action == "del"}})}})
             listener.close()
         ''')
     finally:
@@ -683,7 +690,7 @@ def test_listener_overflow_reopens_and_recovers(bridged):
                 n.fdb_pin(n.link("vm0").index, "{GUEST_MAC}")
             events = []
             end = time.monotonic() + 3
-            while not events and time.monotonic() < end:
+            while not any(e.mac == "{GUEST_MAC}" for e in events) and time.monotonic() < end:
                 if sel.select(timeout=0.5):  # the registration made before the Overflow still works
                     events += listener.read()
             r["events"] = [asdict(e) for e in events]
@@ -697,8 +704,10 @@ def test_listener_overflow_reopens_and_recovers(bridged):
     assert res["readable"]
     assert res["overflow"], "a 3000-entry burst into an 8 KiB buffer must overflow"
     assert res["fd_after"] == res["fd_before"]
-    assert res["after_overflow"] == []
-    assert [(e["kind"], e["action"], e["mac"]) for e in res["events"]] == [("fdb", "new", GUEST_MAC)]
+    burst = "02:00:00:02:"
+    assert not any((e["mac"] or "").startswith(burst) for e in res["after_overflow"])
+    assert not any((e["mac"] or "").startswith(burst) for e in res["events"])
+    assert ("fdb", "new", GUEST_MAC) in [(e["kind"], e["action"], e["mac"]) for e in res["events"]]
 
 
 # --- no root needed --------------------------------------------------------------------------------
