@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="plan and audit only")
     p.add_argument("--resync", type=float, metavar="SECONDS", help="full resync interval (policy default 60)")
     p.add_argument("--pidfile", metavar="FILE")
+    p.add_argument("--netlink-rcvbuf", type=int, metavar="BYTES", default=4 * 1024 * 1024,
+                   help="netlink receive buffer (default 4 MiB); on overflow netmedic resyncs")
 
     p = sub.add_parser("lab", help="build a real fault scenario in namespaces of its own and heal it")
     p.add_argument("scenario", nargs="?", default="seed", help="scenario (default: seed); `list` lists them")
@@ -141,11 +143,13 @@ def cmd_heal(args) -> int:
 
 def cmd_daemon(args) -> int:
     from netmedic.daemon import Daemon
+    from netmedic.nl import Listener
 
     policy = _policy(args)
     audit = _audit(args, "daemon")
     engine = _engine(args, policy, audit, dry_run=args.dry_run)
-    daemon = Daemon(engine, policy_path=args.policy, mode=args.mode, resync=args.resync)
+    daemon = Daemon(engine, policy_path=args.policy, mode=args.mode, resync=args.resync,
+                    listener_factory=lambda: Listener(rcvbuf=args.netlink_rcvbuf))
     if args.pidfile:
         with open(args.pidfile, "w") as fh:
             fh.write(f"{os.getpid()}\n")
