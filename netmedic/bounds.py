@@ -76,6 +76,14 @@ class Guard:
         delay = min(limits.backoff_initial * (2 ** (s["failures"] - 1)), limits.backoff_max)
         s["next_try"] = self.clock() + delay
 
+    def next_retry(self, keys) -> Optional[float]:
+        """The earliest end of a backoff among these subjects (None: nothing is waiting), so that a
+        level-triggered loop comes back when a failed fix may be tried again."""
+        now = self.clock()
+        times = [self.store[k]["next_try"] for k in keys
+                 if k in self.store and self.store[k]["next_try"] > now]
+        return min(times) if times else None
+
     def forget(self, key: str) -> None:
         self.store.pop(key, None)
 

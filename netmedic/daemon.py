@@ -29,6 +29,7 @@ class Daemon:
         self.listener_factory = listener_factory
         self.dispatcher = Dispatcher()
         self.stopping = False
+        self.retry_at: Optional[float] = None  # monotonic time of the next backoff retry
         self.reload_requested = False
         self._policy_mtime = self._mtime()
         self._inventory_sig = None
@@ -74,9 +75,13 @@ class Daemon:
 
     def reconcile(self, bridges, trigger: str) -> None:
         try:
-            self.engine.reconcile(trigger=trigger, bridges=bridges)
+            report = self.engine.reconcile(trigger=trigger, bridges=bridges)
         except NetmedicError as exc:
             self._audit("error", error=f"reconcile failed: {exc}")
+        else:
+            if report.retry_at is not None:  # a failed fix backs off: come back when it may retry
+                at = time.monotonic() + max(0.0, report.retry_at - self.engine.clock())
+                self.retry_at = at if self.retry_at is None else min(self.retry_at, at)
         inv = self.engine.inventory
         if inv is not None:
             self.dispatcher.set_inventory(inv.nics)
@@ -103,7 +108,7 @@ class Daemon:
         try:
             while not self.stopping:
                 now = time.monotonic()
-                wait = min(next_resync, next_poll) - now
+                wait = min(next_resync, next_poll, self.retry_at or next_poll) - now
                 pending = self.dispatcher.wait_time()
                 if pending is not None:
                     wait = min(wait, pending)
@@ -125,6 +130,9 @@ class Daemon:
                         self._reload_policy()
                     if self._inventory_changed():
                         self.dispatcher.submit(None, "domain/network XML changed")
+                if self.retry_at is not None and now >= self.retry_at:
+                    self.retry_at = None
+                    self.dispatcher.submit(None, "retry after backoff")
                 if now >= next_resync:
                     self.dispatcher.take()
                     self.reconcile(None, "resync")

@@ -34,6 +34,7 @@ class Report:
     released: list  # records netmedic removed because their subject is gone
     errors: list  # one-line strings: bad input files, host errors
     dry_run: bool = False
+    retry_at: Optional[float] = None  # clock time when a subject's backoff ends: reconcile again then
 
     @property
     def changed(self) -> bool:
@@ -60,6 +61,7 @@ class Engine:
         self.clock = clock
         self.sleep = sleep
         self.seen: Optional[set] = None  # violation keys seen by the previous pass (daemon: audit news only)
+        self._seen_bridge: dict = {}
         self.inventory = None
         self.extra_domains: list = []  # inventory.Domain objects not (yet) in the run-state directory
 
@@ -139,7 +141,13 @@ class Engine:
                 if not acted:
                     break
             guard.prune(keys_now)
-        self.seen = keys_now
+            report.retry_at = guard.next_retry(keys_now)
+        current = {o.violation.key: o.violation.subject.bridge for o in report.outcomes}
+        if self.seen is not None and bridges is not None:
+            # A scoped pass only speaks for its bridges: keep what was seen elsewhere.
+            current.update({k: b for k, b in self._seen_bridge.items() if b not in bridges})
+        self._seen_bridge = current
+        self.seen = set(current)
         self._audit("reconciled", duration_ms=round((time.monotonic() - t0) * 1000, 2),
                     violations=len(report.violations),
                     results=_count(o.result for o in report.outcomes), released=len(report.released),

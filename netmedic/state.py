@@ -63,7 +63,10 @@ class State:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def read(self) -> State:
-        """A consistent read without keeping the lock."""
+        """A consistent read without keeping the lock; creates nothing when there is no state yet."""
+        if not os.path.exists(self.path):
+            self.records, self.guard = {}, {}
+            return self
         with self.locked(write=False):
             pass
         return self
