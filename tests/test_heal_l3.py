@@ -4,9 +4,9 @@ iptables runs inside the test's own namespaces only."""
 from __future__ import annotations
 
 import pytest
+from conftest import Netmedic
 
 from netmedic import labnet
-from conftest import Netmedic
 
 
 @pytest.fixture
@@ -92,5 +92,5 @@ def test_forward_drop_with_bridge_netfilter(quiet, iptables):
     assert "-P FORWARD DROP" in rules, "netmedic must not change the admin's policy"
     assert "-A FORWARD -i br0 -o br0 -j ACCEPT" in rules
     assert lab.vm_reaches_gateway(count=3)
-    assert "iptables_rule:%s:br0" % iptables.split("-")[1] in lab.nm.records()
+    assert f"iptables_rule:{iptables.split('-')[1]}:br0" in lab.nm.records()
     assert all(o["violation"]["invariant"] != "bridge_netfilter" for o in lab.nm.heal_json()["outcomes"])
