@@ -34,6 +34,9 @@ def test_duplicate_is_reported_then_quarantined_then_released(quiet):
     report = lab.nm.heal_json()
     dup = [o for o in report["outcomes"] if o["violation"]["kind"] == "duplicate_vm_mac"]
     assert dup[0]["result"] == "healed"
+    rec = [r for r in lab.nm.audit("healed") if r["invariant"] == "unique_mac"][0]
+    assert rec["subject"]["port"] == "vnet1" and rec["subject"]["domain"] == "clonevm"
+    assert rec["before"] == {"port_state": "forwarding"} and rec["after"] == {"port_state": "listening"}
     assert _state(topo, lab.host, "vnet1") == "listening"
     assert "UP" in topo.link(lab.host, "vnet1")["flags"], "quarantine must not take the link down"
     # The clone's traffic is dropped; the original VM keeps its own (its MAC stays pinned on vnet0).

@@ -92,5 +92,10 @@ def test_forward_drop_with_bridge_netfilter(quiet, iptables):
     assert "-P FORWARD DROP" in rules, "netmedic must not change the admin's policy"
     assert "-A FORWARD -i br0 -o br0 -j ACCEPT" in rules
     assert lab.vm_reaches_gateway(count=3)
+    rec = [r for r in lab.nm.audit("healed") if r["invariant"] == "bridge_netfilter"][0]
+    assert rec["steps"] == [f"iptables ({iptables.split('-')[1]}) -I FORWARD 1 -i br0 -o br0 -j ACCEPT"]
+    assert rec["before"] == {"forward_policy": "DROP"} and rec["healer"] == "netfilter_accept"
+    observed = [r for r in lab.nm.audit("planned") if r["invariant"] == "bridge_netfilter"]
+    assert observed and observed[0]["result"] == "observed"
     assert f"iptables_rule:{iptables.split('-')[1]}:br0" in lab.nm.records()
     assert all(o["violation"]["invariant"] != "bridge_netfilter" for o in lab.nm.heal_json()["outcomes"])
