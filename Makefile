@@ -17,7 +17,8 @@ demo: bootstrap
 lint: bootstrap
 	$(PY) -m ruff check .
 	@# The DEB/RPM targets run Python 3.9 (RHEL 9): compile every module with 3.9 when it is here.
-	@py39=$$(command -v python3.9 || ls /root/.pyenv/versions/3.9*/bin/python3.9 2>/dev/null | head -1); \
+	@py39=""; for c in $$(ls -d /root/.pyenv/versions/3.9*/bin/python3.9 2>/dev/null) $$(command -v python3.9); do \
+	  if "$$c" -c pass 2>/dev/null; then py39=$$c; break; fi; done; \
 	if [ -n "$$py39" ]; then echo "compile with $$py39"; \
 	  $$py39 -m compileall -q -x '/\.venv/' netmedic healers policies dispatcher hooks tests; \
 	else echo "python3.9 not installed: ruff's target-version py39 checks the syntax"; fi
