@@ -35,10 +35,19 @@ class Guard:
             return False, (f"circuit breaker open: fixed {limits.breaker_trips} times within "
                            f"{limits.breaker_window:g}s, paused until {_iso(s['open_until'])}")
         s["fixes"] = self._recent(s["fixes"], now, limits.breaker_window)
-        if len(s["fixes"]) >= limits.breaker_trips:
+        # After the cooldown the breaker is half-open: one fix is allowed; broken again within the
+        # window, it opens again at once. A trial fix that holds for a whole window closes it.
+        trial = bool(s.get("trial"))
+        if trial and not s["fixes"] and now - s["open_until"] >= limits.breaker_window:
+            trial = s["trial"] = False
+        if len(s["fixes"]) >= (1 if trial else limits.breaker_trips):
             s["open_until"] = now + limits.breaker_cooldown
             s["fixes"] = []
             s["tripped"] = True  # the engine reports the trip once
+            s["trial"] = True
+            if trial:
+                return False, (f"circuit breaker tripped again: broken again after the one fix allowed "
+                               f"after the cooldown; paused for {limits.breaker_cooldown:g}s")
             return False, (f"circuit breaker tripped: broken again after each of {limits.breaker_trips} "
                            f"fixes within {limits.breaker_window:g}s; paused for {limits.breaker_cooldown:g}s")
         if s["failures"] >= limits.max_attempts:

@@ -136,21 +136,26 @@ def _parse_xml(path: str, data: Optional[bytes] = None) -> ET.Element:
         raise InventoryError(f"malformed XML: unsupported encoding ({exc})", source=path, line=1) from None
 
 
-def _line_of(path: str, needle: str, nth: int = 0, after: Optional[int] = None) -> Optional[int]:
+def _line_of(source, needle: str, nth: int = 0, after: Optional[int] = None) -> Optional[int]:
     """Best-effort line number of the nth (0-based) occurrence of needle at or after line `after`
-    (ElementTree keeps no positions)."""
+    (ElementTree keeps no positions). `source`: the file's path, or the document's bytes."""
     if not needle:
         return after
     try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            for i, line in enumerate(fh, 1):
-                if after is not None and i < after:
-                    continue
-                nth -= line.count(needle)
-                if nth < 0:
-                    return i
+        if isinstance(source, (bytes, bytearray)):
+            text = bytes(source).decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
+        else:
+            with open(source, encoding="utf-8", errors="replace") as fh:  # universal newlines
+                text = fh.read(MAX_XML_BYTES + 1)
+        lines = text.split("\n")
     except OSError:
-        pass
+        return after
+    for i, line in enumerate(lines, 1):
+        if after is not None and i < after:
+            continue
+        nth -= line.count(needle)
+        if nth < 0:
+            return i
     return after
 
 
@@ -158,6 +163,7 @@ def parse_domain(path: str, networks: Optional[dict] = None, data: Optional[byte
     """A domain from a file, or from `data` (e.g. the XML libvirt gives a hook on stdin; `path` then
     only names it in errors)."""
     root = _parse_xml(path, data)
+    text_src = data if data is not None else path  # where line numbers are looked up
     dom = root.find("domain") if root.tag == "domstatus" else root
     if dom is None or dom.tag != "domain":
         raise InventoryError(f"root element <{root.tag}> is neither <domstatus> nor <domain>", source=path)
@@ -171,7 +177,7 @@ def parse_domain(path: str, networks: Optional[dict] = None, data: Optional[byte
         if itype not in ("bridge", "network"):
             continue
         field = f"devices/interface[{i}]"
-        iface_line = _line_of(path, "<interface", nth=i)
+        iface_line = _line_of(text_src, "<interface", nth=i)
         mac_el = iface.find("mac")
         if mac_el is None or not mac_el.get("address"):
             raise InventoryError("missing <mac address>", source=path, field=f"{field}/mac",
@@ -180,7 +186,7 @@ def parse_domain(path: str, networks: Optional[dict] = None, data: Optional[byte
             mac = canonical_mac(mac_el.get("address", ""))
         except ValueError as exc:
             raise InventoryError(str(exc), source=path, field=f"{field}/mac/@address",
-                                 line=_line_of(path, mac_el.get("address", ""), after=iface_line)) from None
+                                 line=_line_of(text_src, mac_el.get("address", ""), after=iface_line)) from None
         src = iface.find("source")
         bridge = src.get("bridge") if src is not None else None
         network = src.get("network") if src is not None else None
@@ -191,7 +197,7 @@ def parse_domain(path: str, networks: Optional[dict] = None, data: Optional[byte
         for fname, value in (("source/@bridge", bridge), ("target/@dev", tap)):
             if value is not None and not valid_ifname(value):
                 raise InventoryError(f"not a valid interface name: {value!r}", source=path,
-                                     field=f"{field}/{fname}", line=_line_of(path, value, after=iface_line))
+                                     field=f"{field}/{fname}", line=_line_of(text_src, value, after=iface_line))
         model_el = iface.find("model")
         vlans = []
         for tag in iface.findall("./vlan/tag"):

@@ -19,13 +19,14 @@ OPTIONS = {
 REMEDIES = {"bridged_traffic_dropped": "netfilter_accept"}
 
 
+PHYSDEV_BRIDGED_ACCEPT = ["-m", "physdev", "--physdev-is-bridged", "-j", "ACCEPT"]
+
+
 def accepts_bridge(rule: str, bridge: str) -> bool:
-    words = rule.split()
-    if "-j" not in words or words[words.index("-j") + 1] != "ACCEPT":
-        return False
-    if "--physdev-is-bridged" in words and len(words) <= 8:
-        return True
-    return words[2:] == bridge_accept_rule(bridge)
+    """The FORWARD rule accepts all bridged traffic of this bridge: netmedic's own `-i BR -o BR -j
+    ACCEPT`, or an unconditional `-m physdev --physdev-is-bridged -j ACCEPT` (not a negated one)."""
+    words = rule.split()[2:]  # after '-A FORWARD'
+    return words == bridge_accept_rule(bridge) or words == PHYSDEV_BRIDGED_ACCEPT
 
 
 def check(snapshot, options) -> list:

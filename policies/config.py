@@ -71,6 +71,9 @@ class Limits:
     verify_interval: float = 0.05
 
 
+# Counts where 0 would stop every heal with a misleading reason ("tripped after 0 fixes"): at least 1.
+LIMIT_MIN_ONE = ("rate_actions", "global_actions", "max_attempts", "breaker_trips")
+
 LIMIT_FIELDS = {
     "rate": {"actions": "rate_actions", "window": "rate_window"},
     "global_rate": {"actions": "global_actions", "window": "global_window"},
@@ -243,6 +246,8 @@ def _limits(raw, base: Limits, path: str, doc: _Doc) -> Limits:
                 raise doc.error(kpath, f"must be {'an integer' if integer else 'a number'} >= 0 (got {v!r})")
             if integer and not isinstance(v, int):
                 raise doc.error(kpath, f"must be an integer >= 0 (got {v!r})")
+            if attr in LIMIT_MIN_ONE and v < 1:
+                raise doc.error(kpath, f"must be an integer >= 1 (got {v!r}; to stop healing use mode: observe)")
             changes[attr] = type(getattr(base, attr))(v)
     return dataclasses.replace(base, **changes)
 

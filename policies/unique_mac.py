@@ -45,13 +45,16 @@ def check(snapshot, options) -> list:
                 {"mac": mac, "first": {"domain": first.domain, "tap": first.tap, "bridge": first.bridge},
                  "duplicate": {"domain": nic.domain, "tap": nic.tap, "bridge": nic.bridge}}))
     vm_taps = {n.tap for n in snapshot.inventory.nics}
-    for link in snapshot.links.values():
-        if link.name in vm_taps or link.mac not in by_mac:
-            continue
-        for nic in by_mac[link.mac]:
+    host: dict = {}  # VM MAC -> host interfaces with it (a bond and its slaves share one: one violation)
+    for link in sorted(snapshot.links.values(), key=lambda lk: lk.index):
+        if link.name not in vm_taps and link.mac in by_mac:
+            host.setdefault(link.mac, []).append(link.name)
+    for mac, names in sorted(host.items()):
+        for nic in by_mac[mac]:
             if snapshot.observed(nic.bridge):
                 out.append(Violation(
-                    NAME, "host_mac_clash", Subject(bridge=nic.bridge, port=nic.tap, domain=nic.domain, mac=link.mac),
-                    f"VM {nic.domain}'s MAC {link.mac} is also the MAC of host interface {link.name}",
-                    {"mac": link.mac, "host_interface": link.name}))
+                    NAME, "host_mac_clash", Subject(bridge=nic.bridge, port=nic.tap, domain=nic.domain, mac=mac),
+                    f"VM {nic.domain}'s MAC {mac} is also the MAC of host interface{'s' if len(names) > 1 else ''} "
+                    f"{', '.join(names)}",
+                    {"mac": mac, "host_interface": names[0], "host_interfaces": names}))
     return out

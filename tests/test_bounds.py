@@ -151,25 +151,68 @@ def test_breaker_trips_after_n_fixes_and_reports_once(guard, clock):
     assert guard.admit("other", lim)[0]  # per subject
 
 
+def trip(guard, key, lim) -> None:
+    for _ in range(lim.breaker_trips):
+        assert act(guard, key, lim)
+        guard.succeeded(key)
+    assert not guard.admit(key, lim)[0]
+    assert guard.took_trip(key)
+
+
 def test_breaker_stays_open_for_the_cooldown_then_admits(guard, clock):
     lim = limits(breaker_trips=2, breaker_window=100.0, breaker_cooldown=1000.0)
-    for _ in range(2):
-        act(guard, "a", lim)
-        guard.succeeded("a")
-    assert not guard.admit("a", lim)[0]  # trips now
+    trip(guard, "a", lim)
     tripped_at = clock.now
     clock.now = tripped_at + 999.0
-    assert not guard.admit("a", lim)[0]
+    ok, why = guard.admit("a", lim)
+    assert not ok and why.startswith("circuit breaker open: ")
     clock.now = tripped_at + 1000.0
     assert guard.admit("a", lim) == (True, "")
-    # The fixes before the trip are forgotten: it takes N new fixes to trip again.
-    act(guard, "a", lim)
+
+
+def test_after_the_cooldown_one_fix_is_allowed_and_a_relapse_reopens_at_once(guard, clock):
+    # docs/policy.md: "how long the breaker stays open; then one attempt is allowed again"
+    lim = limits(breaker_trips=3, breaker_window=100.0, breaker_cooldown=1000.0)
+    trip(guard, "a", lim)
+    clock.advance(1000)
+    assert act(guard, "a", lim)  # the trial fix
     guard.succeeded("a")
+    clock.advance(10)  # broken again straight away: still flapping
+    ok, why = guard.admit("a", lim)
+    assert not ok and why.startswith("circuit breaker tripped again: ")
+    assert guard.took_trip("a") is True and guard.took_trip("a") is False  # a new trip, reported once
+    clock.advance(999)
+    assert not guard.admit("a", lim)[0]  # a full cooldown again
+    clock.advance(1)
     assert guard.admit("a", lim)[0]
-    act(guard, "a", lim)
+
+
+def test_a_trial_fix_that_holds_for_a_window_closes_the_breaker(guard, clock):
+    lim = limits(breaker_trips=3, breaker_window=100.0, breaker_cooldown=1000.0)
+    trip(guard, "a", lim)
+    clock.advance(1000)
+    assert act(guard, "a", lim)
     guard.succeeded("a")
+    clock.advance(100)  # the fix held for a whole window: back to normal, N fixes before a trip
+    for _ in range(3):
+        assert act(guard, "a", lim)
+        guard.succeeded("a")
+        clock.advance(1)
     assert not guard.admit("a", lim)[0]
     assert guard.took_trip("a")
+
+
+def test_a_failed_trial_is_backoff_not_a_trip(guard, clock):
+    lim = limits(breaker_trips=2, breaker_window=100.0, breaker_cooldown=1000.0, backoff_initial=5.0)
+    trip(guard, "a", lim)
+    clock.advance(1000)
+    assert act(guard, "a", lim)
+    guard.failed("a", lim)
+    ok, why = guard.admit("a", lim)
+    assert not ok and why.startswith("backing off")
+    assert not guard.took_trip("a")
+    clock.advance(5)
+    assert guard.admit("a", lim)[0]
 
 
 def test_fixes_spread_wider_than_the_window_do_not_trip(guard, clock):
@@ -186,8 +229,8 @@ def test_prune_drops_only_idle_inactive_subjects(guard, clock):
     start = clock.now
     act(guard, "old", lim)
     act(guard, "active", lim)
-    guard.failed("backing-off", limits(backoff_initial=1000.0))  # may act again at start + 1000
-    clock.now = start + 900
+    guard.failed("backing-off", limits(backoff_initial=1000.0, backoff_max=1000.0))  # again at start + 1000
+    clock.now = start + 2000
     act(guard, "recent", lim)
     clock.now = start + 86400 + 500
     guard.prune(active={"active"})
@@ -219,3 +262,17 @@ def test_store_is_json_round_trippable(guard, clock):
     assert not again.admit("a", lim)[0]  # the backoff survived the state file
     clock.advance(2.0)
     assert again.admit("a", lim)[0]
+
+
+def test_next_retry_is_the_earliest_backoff_end_among_the_keys(guard, clock):
+    lim = limits(backoff_initial=10.0)
+    assert guard.next_retry(["a", "b"]) is None  # nothing waiting
+    guard.failed("a", lim)  # a: now + 10
+    clock.advance(3)
+    guard.failed("b", lim)  # b: now + 10 = start + 13
+    guard.failed("c", limits(backoff_initial=1.0))  # c: earlier, but not asked about
+    assert guard.next_retry(["a", "b", "unknown"]) == clock.now + 7
+    assert guard.next_retry({"b"}) == clock.now + 10
+    clock.advance(7)  # a's backoff is over: it may be tried now, nothing to wait for
+    assert guard.next_retry(["a"]) is None
+    assert guard.next_retry(["a", "b"]) == clock.now + 3

@@ -278,6 +278,40 @@ def test_load_collects_errors_and_keeps_the_good_files(tmp_path):
     assert "also defined in" in str(dup) and dup.field == "domain/name"
 
 
+def test_domain_xml_given_as_data_is_checked_the_same(tmp_path):
+    # the libvirt hook gets the domain XML on stdin: the same refusals, named after what it was given as
+    with pytest.raises(InventoryError) as info:
+        inventory.parse_domain("<stdin>", data=XXE.encode())
+    assert str(info.value) == "<stdin>:3: DOCTYPE/ENTITY declarations are refused (entity expansion)"
+    dom = inventory.parse_domain("<stdin>", data=domain_xml("vm", [interface_xml(MAC1, bridge="br0",
+                                                                                  tap="vnet0")]).encode())
+    assert dom.name == "vm" and dom.nics[0].tap == "vnet0"
+
+
+def test_errors_in_xml_given_as_data_name_lines_of_that_data(tmp_path):
+    # The hook may name the run-state path while passing the XML on stdin: lines come from the data,
+    # not from a stale file at that path.
+    stale = write(tmp_path, "vm.xml", "\n" * 40 + domain_xml("vm", [interface_xml(MAC1, bridge="br0", tap="vnet0")]))
+    text = domain_xml("vm", [interface_xml(MAC1, bridge="br0", tap="vnet0"),
+                             interface_xml(MAC2, bridge="br0", tap="vnet0:1")])
+    with pytest.raises(InventoryError) as info:
+        inventory.parse_domain(stale, data=text.encode())
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if "vnet0:1" in t)
+    assert info.value.line == line and info.value.field == "devices/interface[1]/target/@dev"
+
+
+def test_load_extra_domains_replace_files_of_the_same_name(tmp_path):
+    ddir = tmp_path / "qemu"
+    write(ddir, "vm.xml", domain_xml("vm", [interface_xml(MAC1, bridge="br0", tap="vnet0")]))
+    write(ddir, "other.xml", domain_xml("other", [interface_xml(MAC2, bridge="br0", tap="vnet1")]))
+    extra = inventory.parse_domain("<stdin>", data=domain_xml("vm", [interface_xml(
+        "52:54:00:00:00:33", bridge="br1", tap="vnet5")]).encode())
+    inv = inventory.load(str(ddir), None, [extra])
+    assert sorted(inv.domains) == ["other", "vm"]
+    assert [(n.domain, n.bridge, n.tap) for n in inv.domains["vm"].nics] == [("vm", "br1", "vnet5")]
+    assert inv.errors == []
+
+
 def test_load_missing_directories_is_an_empty_inventory(tmp_path):
     inv = inventory.load(str(tmp_path / "none"), None)
     assert (inv.domains, inv.networks, inv.errors, inv.nics) == ({}, {}, [], [])
