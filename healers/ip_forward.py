@@ -11,8 +11,9 @@ HANDLES = ("ip_forwarding",)
 
 def plan(violation, snapshot, options):
     steps = []
-    # The global switch first: writing it resets every interface's value, so per-interface after it.
-    keys = sorted(violation.evidence["sysctls"], key=lambda k: (k != "net/ipv4/ip_forward", k))
+    # The global switch last: writing it sets every interface's value. Applied last, its undo runs
+    # first on a rollback, and the per-interface undos then restore their own prior values.
+    keys = sorted(violation.evidence["sysctls"], key=lambda k: (k == "net/ipv4/ip_forward", k))
     for key in keys:
         old = snapshot.sysctls.get(key)
         steps.append(Step("sysctl", {"key": key, "value": "1"}, f"set {key.replace('/', '.')} = 1",

@@ -6,6 +6,7 @@ nothing.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Callable, Iterable, Optional
 
@@ -76,8 +77,10 @@ class Engine:
 
     def observe(self, bridges: Optional[Iterable[str]] = None, firewall: bool = True) -> Snapshot:
         inv = self.inventory if self.inventory is not None else self.load_inventory()
+        needs = {n for name, mod in INVARIANTS.items() if self.policy.invariants[name].enabled
+                 for n in getattr(mod, "NEEDS", ())}
         return observe(self.ops.nl, inv, self.state.records, bridges=bridges, in_scope=self.policy.in_scope,
-                       firewall=firewall and self.policy.invariants["bridge_netfilter"].enabled)
+                       firewall=firewall and self.policy.invariants["bridge_netfilter"].enabled, needs=needs)
 
     def check(self, snapshot: Snapshot) -> list:
         """Every violation the enabled invariants find, within the policy's scope."""
@@ -250,10 +253,16 @@ class Engine:
         """Remove what netmedic created for subjects that are gone (VM stopped, duplicate gone), and
         nothing else. Only within the observed bridges."""
         running = {(n.bridge, n.mac, n.tap) for n in snap.inventory.nics}
+        # A domain whose run-state XML could not be read may well be running: keep what netmedic made
+        # for it (releasing its pin would re-expose it to the poisoning netmedic prevents).
+        unreadable = {os.path.basename(e.source)[:-4] for e in snap.inventory.errors
+                      if e.source and e.source.endswith(".xml")}
         dup_macs = _duplicate_macs(snap)
         released = []
         for key, rec in sorted(self.state.records.items()):
-            if not snap.observed(rec.get("bridge")):
+            if not snap.observed(rec.get("bridge")) or rec.get("domain") in unreadable:
+                continue
+            if not self.policy.in_scope(rec.get("bridge"), rec.get("domain")):
                 continue
             kind = rec.get("kind")
             if kind == "fdb_pin" and (rec["bridge"], rec["mac"], rec["port"]) not in running:
@@ -302,14 +311,16 @@ class Engine:
         return [Step("set_port", {"port": port.name, "port_index": port.index, "state": prior},
                      f"end the quarantine of {port.name}")]
 
-    def release_domain(self, domain: str, trigger: str = "manual") -> list:
+    def release_domain(self, domain: str, trigger: str = "manual", mac: Optional[str] = None) -> list:
         """Remove every record (and its host state) netmedic made for one domain: the libvirt hook's
-        `stopped`/`release` path, which must not depend on the domain's XML still being there."""
+        `stopped`/`release` path, which must not depend on the domain's XML still being there.
+        With `mac`: only that NIC's records (the network hook's `port-deleted`, e.g. a hot-unplug)."""
         if self.audit:
             self.audit.new_correlation(trigger)
         released = []
         with self.state.locked(write=not self.dry_run):
-            mine = {k: r for k, r in self.state.records.items() if r.get("domain") == domain}
+            mine = {k: r for k, r in self.state.records.items() if r.get("domain") == domain
+                    and (mac is None or r.get("mac") == mac)}
             if not mine:
                 return []
             snap = observe(self.ops.nl, inventory_mod.Inventory({}, {}, []), self.state.records,
@@ -346,6 +357,8 @@ def _manual_hint(v: Violation) -> str:
         "bridge_missing": "re-create the bridge; netmedic re-attaches the VM taps once it exists",
         "tap_missing": "the domain's run-state XML names a tap that does not exist: check the VM",
         "stp_blocking": "STP blocks the port (a loop?): check the topology or the bridge's STP settings",
+        "no_carrier": "the tap has no carrier, so the bridge keeps its port disabled: is the VM's qemu "
+                      "process attached to it?",
         "host_mac_clash": "give the VM (or the host interface) another MAC address",
         "duplicate_vm_mac": "give one of the VMs a new MAC (virsh edit); enforce mode quarantines the newer one",
     }

@@ -16,7 +16,7 @@ OPTIONS = {
 }
 REMEDIES = {"detached": "reattach", "link_down": "reattach", "not_forwarding": "port_state",
             "port_flags": "port_state", "wrong_bridge": None, "bridge_missing": None,
-            "tap_missing": None, "stp_blocking": None}
+            "tap_missing": None, "stp_blocking": None, "no_carrier": None}
 
 
 def _quarantined(snapshot) -> set:
@@ -64,7 +64,11 @@ def check(snapshot, options) -> list:
         if port.state != nl.BR_STATE_FORWARDING and tap.up:
             name = nl.PORT_STATE_NAMES.get(port.state, str(port.state))
             evidence = {"port_state": name, "bridge_stp": br.bridge.stp_state if br.bridge else None}
-            if br.bridge is not None and br.bridge.stp_state:
+            if not tap.carrier:
+                out.append(Violation(NAME, "no_carrier", subject,
+                                     f"tap {nic.tap} of VM {nic.domain} has no carrier: {nic.bridge} keeps "
+                                     f"its port {name}", {**evidence, "carrier": False}))
+            elif br.bridge is not None and br.bridge.stp_state:
                 if port.state in (nl.BR_STATE_BLOCKING, nl.BR_STATE_DISABLED):
                     out.append(Violation(NAME, "stp_blocking", subject,
                                          f"STP keeps port {nic.tap} of {nic.bridge} {name}: the VM is cut off "

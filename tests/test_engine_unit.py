@@ -447,9 +447,6 @@ def test_observe_mode_audits_a_violation_once_while_it_persists(tmp_path):
     assert events.count("detected") == 1 and events.count("planned") == 1
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug (netmedic/engine.py _release_stale): a stale record on a bridge "
-                   "the policy's scope excludes is still released (fdb_get + fdb_delete on that bridge); docs/policy.md "
-                   "says netmedic never looks at or touches an excluded bridge")
 def test_stale_pin_on_an_out_of_scope_bridge_is_not_touched(tmp_path):
     links = [bridge("br0", 2), tap("vnet0", 10, master=2), bridge("br9", 9), tap("vnet1", 11, master=9)]
     host = FakeHost(links, {(2, MAC1): pinned(MAC1, 10, 2), (9, MAC2): pinned(MAC2, 11, 9)})
@@ -501,9 +498,6 @@ def test_quarantine_is_released_when_the_duplicate_is_gone(tmp_path):
     assert "quarantine:vnet2" not in saved_state(tmp_path)["records"]
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug (netmedic/engine.py _release_stale): a running VM whose run-state "
-                   "XML fails to parse (here: an invalid VLAN id) drops out of the inventory, so its pin is released "
-                   "as if the VM had stopped, exposing it to the very fdb poisoning netmedic guards against")
 def test_pin_of_a_vm_whose_xml_is_unreadable_is_kept(tmp_path):
     links = [bridge("br0", 2), tap("vnet0", 10, master=2), tap("vnet1", 11, master=2)]
     host = FakeHost(links, {(2, MAC1): pinned(MAC1, 10, 2), (2, MAC2): pinned(MAC2, 11, 2)})

@@ -499,15 +499,17 @@ def test_unknown_sysctl_is_not_a_violation():
     assert ipf({"net/ipv4/ip_forward": None}) == []
 
 
-def test_ip_forward_plan_sets_the_global_switch_first_and_restores():
+def test_ip_forward_plan_sets_the_global_switch_last_so_a_rollback_restores_each_value():
+    """Writing ip_forward sets every interface's value: applied last, its undo runs first on a rollback
+    (engine undoes in reverse) and the per-interface undos then restore their own prior values."""
     snap = snapshot(VIRBR, networks=[NAT], sysctl=sysctls(ip_forward="0", virbr0="0", eth0="1"))
     v = only(check(ip_forwarding, snap))
     assert healer_for(v, {}) == "ip_forward"
     plan = plan_of(ip_forward, v, snap)
-    assert ops(plan) == [("sysctl", {"key": "net/ipv4/ip_forward", "value": "1"}),
-                         ("sysctl", {"key": "net/ipv4/conf/virbr0/forwarding", "value": "1"})]
-    assert undos(plan) == [("sysctl", {"key": "net/ipv4/ip_forward", "value": "0"}),
-                           ("sysctl", {"key": "net/ipv4/conf/virbr0/forwarding", "value": "0"})]
+    assert ops(plan) == [("sysctl", {"key": "net/ipv4/conf/virbr0/forwarding", "value": "1"}),
+                         ("sysctl", {"key": "net/ipv4/ip_forward", "value": "1"})]
+    assert list(reversed(undos(plan))) == [("sysctl", {"key": "net/ipv4/ip_forward", "value": "0"}),
+                                           ("sysctl", {"key": "net/ipv4/conf/virbr0/forwarding", "value": "0"})]
     healed = snapshot(VIRBR, networks=[NAT], sysctl=sysctls(ip_forward="1", virbr0="1", eth0="1"))
     assert ip_forward.after(healed, v) == {"net/ipv4/ip_forward": "1", "net/ipv4/conf/virbr0/forwarding": "1"}
 
