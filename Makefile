@@ -35,5 +35,16 @@ test-distro: bootstrap
 bench: bootstrap
 	$(PY) -m bench
 
+# Packages (docs/packaging.md): build/packages/netmedic_*.deb and netmedic-*.noarch.rpm, with lintian/rpmlint.
+.PHONY: deb rpm packaging-deps
+packaging-deps:
+	@bash scripts/packaging-deps.sh
+
+deb: packaging-deps
+	@bash packaging/build.sh deb
+
+rpm: packaging-deps
+	@bash packaging/build.sh rpm
+
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

@@ -6,9 +6,19 @@ Registered in one explicit list, plus the `netmedic.healers` entry-point group f
 """
 from __future__ import annotations
 
-from netmedic.healers import fdb_pin, ip_forward, netfilter_accept, port_state, quarantine, reattach
+from netmedic.healers import (
+    fdb_pin,
+    ip_forward,
+    mtu_set,
+    netfilter_accept,
+    port_state,
+    quarantine,
+    reattach,
+    vlan_add,
+)
 
-HEALERS = {m.NAME: m for m in (fdb_pin, reattach, port_state, ip_forward, netfilter_accept, quarantine)}
+HEALERS = {m.NAME: m for m in (fdb_pin, reattach, port_state, ip_forward, netfilter_accept, quarantine, mtu_set,
+                               vlan_add)}
 
 
 def load_entry_points() -> None:

@@ -3,6 +3,7 @@
   netmedic check    read-only report of violations, evidence and the fix (exit 0 clean, 1 violations, 2 error)
   netmedic heal     one reconcile pass (--dry-run: print the plan, change nothing)
   netmedic daemon   react to netlink events, resync periodically, until SIGTERM
+  netmedic diagnose DOMAIN  walk one VM NIC's path, name the first broken hop (exit 0 ok, 1 broken, 2 error)
   netmedic lab      build a real fault scenario in namespaces of its own and heal it
   netmedic policy check FILE
 
@@ -21,6 +22,7 @@ from netmedic.errors import NetmedicError
 EXIT_OK, EXIT_VIOLATIONS, EXIT_ERROR = 0, 1, 2
 DEFAULT_DOMAIN_DIR = "/run/libvirt/qemu"
 DEFAULT_NETWORK_DIR = "/run/libvirt/network"
+DEFAULT_SOCKET = "/run/netmedic/netmedic.sock"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -61,6 +63,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pidfile", metavar="FILE")
     p.add_argument("--netlink-rcvbuf", type=int, metavar="BYTES", default=4 * 1024 * 1024,
                    help="netlink receive buffer (default 4 MiB); on overflow netmedic resyncs")
+    p.add_argument("--socket", metavar="PATH", default="auto",
+                   help=f"event socket for hooks/dispatcher/udev, status.json beside it; 'none' to disable "
+                   f"(default: {DEFAULT_SOCKET} when --domain-xml-dir is libvirt's, else none)")
+    p.add_argument("--libvirt-uri", metavar="URI", default="auto",
+                   help="libvirt event source; 'none' to disable (default: qemu:///system when "
+                   "--domain-xml-dir is libvirt's, else none)")
+    p.add_argument("--no-dbus", action="store_true", help="no NetworkManager D-Bus source")
+    p.add_argument("--no-netlink", action="store_true",
+                   help="no netlink link/fdb source (tests that prove another trigger)")
+
+    p = sub.add_parser("status", help="what the running daemon is connected to, its last events and heals")
+    p.add_argument("--socket", metavar="PATH", default=DEFAULT_SOCKET,
+                   help=f"the daemon's socket; its status.json is beside it (default {DEFAULT_SOCKET})")
+    p.add_argument("--json", action="store_true", help="the raw status")
+
+    p = sub.add_parser("diagnose", help="walk one VM NIC's path hop by hop and name the first broken hop")
+    _common(p)
+    p.add_argument("domain", help="libvirt domain name")
+    p.add_argument("--nic", metavar="MAC|TAP", help="which NIC (default: the domain's first bridged NIC)")
+    p.add_argument("--json", action="store_true", help="machine-readable report (docs/diagnose.md)")
+    p.add_argument("--probe", action="store_true", help="also send an ARP probe and capture on the uplink")
+    p.add_argument("--probe-seconds", type=float, default=1.5, metavar="S", help="capture time (default 1.5)")
+    p.add_argument("--leases-dir", default="/var/lib/libvirt/dnsmasq", metavar="DIR",
+                   help="libvirt's dnsmasq lease files, *.status (default /var/lib/libvirt/dnsmasq)")
 
     p = sub.add_parser("lab", help="build a real fault scenario in namespaces of its own and heal it")
     p.add_argument("scenario", nargs="?", default="seed", help="scenario (default: seed); `list` lists them")
@@ -144,12 +170,19 @@ def cmd_heal(args) -> int:
 def cmd_daemon(args) -> int:
     from netmedic.daemon import Daemon
     from netmedic.nl import Listener
+    from netmedic.sources import NullListener
+    from netmedic.sources.nm import NMSource
 
     policy = _policy(args)
     audit = _audit(args, "daemon")
     engine = _engine(args, policy, audit, dry_run=args.dry_run)
     daemon = Daemon(engine, policy_path=args.policy, mode=args.mode, resync=args.resync,
-                    listener_factory=lambda: Listener(rcvbuf=args.netlink_rcvbuf))
+                    listener_factory=(NullListener if args.no_netlink
+                                      else lambda: Listener(rcvbuf=args.netlink_rcvbuf)),
+                    socket_path=_auto(args.socket, args, DEFAULT_SOCKET),
+                    libvirt_uri=_auto(args.libvirt_uri, args, "qemu:///system"))
+    if not args.no_dbus:
+        daemon.add_source(NMSource())
     if args.pidfile:
         with open(args.pidfile, "w") as fh:
             fh.write(f"{os.getpid()}\n")
@@ -157,6 +190,35 @@ def cmd_daemon(args) -> int:
         return daemon.run()
     finally:
         audit.close()
+
+
+def _auto(value, args, default):
+    """'auto': the host's real source only when netmedic looks at libvirt's real run-state directory
+    (a daemon run on XML files of its own, e.g. in a test, stays off the host's libvirtd and socket)."""
+    if value == "auto":
+        return default if os.path.abspath(args.domain_xml_dir) == DEFAULT_DOMAIN_DIR else None
+    return None if value in ("none", "") else value
+
+
+def cmd_status(args) -> int:
+    from netmedic.daemon import render_status
+
+    path = os.path.join(os.path.dirname(os.path.abspath(args.socket)), "status.json")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            status = json.load(fh)
+    except (OSError, ValueError) as exc:
+        print(f"netmedic: no daemon status at {path} ({getattr(exc, 'strerror', None) or exc}): "
+              "is `netmedic daemon` running?", file=sys.stderr)
+        return EXIT_ERROR
+    running = not status.get("stopped")
+    try:
+        os.kill(int(status.get("pid", 0)), 0)
+    except (OSError, ValueError):
+        running = False
+    status["running"] = running
+    print(json.dumps(status, indent=2) if args.json else render_status(status, path))
+    return EXIT_OK if running else EXIT_ERROR
 
 
 def cmd_lab(args) -> int:
@@ -174,7 +236,17 @@ def cmd_policy(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"check": cmd_check, "heal": cmd_heal, "daemon": cmd_daemon, "lab": cmd_lab, "policy": cmd_policy}
+COMMANDS = {"check": cmd_check, "heal": cmd_heal, "daemon": cmd_daemon, "lab": cmd_lab, "policy": cmd_policy,
+            "status": cmd_status}
+
+
+def cmd_diagnose(args) -> int:
+    from netmedic import diagnose
+
+    return diagnose.main(args)
+
+
+COMMANDS["diagnose"] = cmd_diagnose
 
 
 def main(argv=None) -> int:

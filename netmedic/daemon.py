@@ -2,26 +2,163 @@
 through the dispatcher, resyncs fully every `resync_interval` seconds, recovers from netlink overflow
 (ENOBUFS) with a new socket and a full resync, reloads the policy on SIGHUP or when the file changes
 (keeping the last good one when the new one is broken), and stops cleanly on SIGTERM.
+
+Other event sources (docs/event-sources.md):
+  - a root-only Unix datagram socket (default /run/netmedic/netmedic.sock) where the libvirt hooks, the
+    NetworkManager dispatcher script and the udev rule post one-line JSON events
+    (`{"source": "...", "bridges": [...]}` or `{"source": "...", "domain": "NAME"}`; netmedic.hooks.notify);
+  - libvirt's event API (netmedic.hooks.events: lifecycle, DEVICE_ADDED/REMOVED; reconnects with
+    backoff, the run-state XML directories carry on while libvirtd is away);
+  - any object with the source interface (add_source): name, fileno() (or None), on_readable(daemon),
+    poll(daemon, now) -> next wanted poll time or None, status() -> dict, close(), and optionally
+    extra_domains() -> inventory.Domain list for the engine.
+Each only says *what changed*: dispatcher.submit() of the affected bridges. The daemon writes what it
+is doing to `status.json` next to its socket, which `netmedic status` shows.
 """
 from __future__ import annotations
 
+import collections
+import json
 import os
 import select
 import signal
+import socket
+import struct
 import time
 from typing import Optional
 
-from netmedic import nl
+from netmedic import inventory, nl
 from netmedic.dispatcher import Dispatcher
 from netmedic.errors import NetmedicError
 from netmedic.policies import config
 
 MAX_EVENTS_PER_TURN = 5000  # read at most this many before giving the reconcile its turn
+DEFAULT_SOCKET = "/run/netmedic/netmedic.sock"
+STATUS_FILE = "status.json"
+HISTORY = 20  # last events / last heals kept for `netmedic status`
+
+
+def _where(exc: BaseException) -> str:
+    """file:line of the innermost frame of an unexpected exception (for the audit line)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else ""
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+class EventSocket:
+    """The daemon's root-only event socket: SOCK_DGRAM, mode 0600 in a 0750 root directory, and each
+    datagram's sender credentials checked (uid 0). One JSON object per datagram."""
+
+    name = "socket"
+
+    def __init__(self, path: str):
+        self.path = path
+        self.sock = None
+        self.ino = None
+        self.received = self.rejected = 0
+        self.error: Optional[str] = None
+        directory = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(directory, mode=0o750, exist_ok=True)
+            if os.path.exists(path):
+                probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                try:
+                    probe.connect(path)
+                    self.error = f"{path} is in use by another daemon: socket source off"
+                    return
+                except OSError:
+                    os.unlink(path)  # stale: its daemon is gone
+                finally:
+                    probe.close()
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            old = os.umask(0o177)
+            try:
+                sock.bind(path)
+            finally:
+                os.umask(old)
+            os.chmod(path, 0o600)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            sock.setblocking(False)
+            self.sock, self.ino = sock, os.stat(path).st_ino
+        except OSError as exc:
+            self.error = f"{path}: {exc.strerror or exc}"
+
+    def fileno(self):
+        return self.sock.fileno() if self.sock is not None else None
+
+    def status(self) -> dict:
+        return {"state": "listening" if self.sock is not None else "off", "path": self.path,
+                "received": self.received, "rejected": self.rejected, "error": self.error}
+
+    def poll(self, daemon, now):
+        return None
+
+    def on_readable(self, daemon) -> None:
+        for _ in range(1000):
+            try:
+                data, anc, _flags, _addr = self.sock.recvmsg(4096, socket.CMSG_SPACE(12))
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            uid = None
+            for level, kind, payload in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(payload) >= 12:
+                    _pid, uid, _gid = struct.unpack("iII", payload[:12])
+            try:
+                event = json.loads(data.decode("utf-8"))
+                if uid != 0:
+                    raise ValueError(f"sender uid {uid} is not root")
+                if not isinstance(event, dict):
+                    raise ValueError("not a JSON object")
+                self._submit(daemon, event)
+                self.received += 1
+            except (ValueError, UnicodeDecodeError) as exc:
+                self.rejected += 1
+                daemon.note_event("socket", f"rejected event: {exc}")
+
+    def _submit(self, daemon, event: dict) -> None:
+        source = str(event.get("source", "socket"))[:64]
+        what = str(event.get("event", ""))[:64]
+        domain = event.get("domain")
+        bridges = event.get("bridges")
+        if bridges is not None and (not isinstance(bridges, list) or
+                                    not all(isinstance(b, str) and inventory.valid_ifname(b) for b in bridges)):
+            raise ValueError("bridges must be a list of interface names")
+        iface = event.get("interface")
+        if not bridges and isinstance(domain, str):
+            bridges = daemon.bridges_of(domain)  # None (everything) when the daemon does not know it
+        elif not bridges and isinstance(iface, str) and inventory.valid_ifname(iface):
+            d = daemon.dispatcher  # a VM tap -> its bridge; a VM bridge -> itself; else everything
+            known = d.tap_bridge.get(iface) or (iface if iface in d.vm_bridges else None)
+            bridges = [known] if known else None
+        elif not bridges:
+            bridges = None
+        label = " ".join(x for x in (source, what, f"domain={domain}" if domain else "",
+                                     f"interface={iface}" if isinstance(iface, str) else "") if x)
+        daemon.note_event(source, label + (f" bridges={','.join(bridges)}" if bridges else " (all bridges)"))
+        daemon.dispatcher.submit(bridges, label)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+            try:
+                if os.stat(self.path).st_ino == self.ino:
+                    os.unlink(self.path)
+            except OSError:
+                pass
 
 
 class Daemon:
     def __init__(self, engine, policy_path: Optional[str] = None, mode: Optional[str] = None,
-                 resync: Optional[float] = None, listener_factory=nl.Listener):
+                 resync: Optional[float] = None, listener_factory=nl.Listener,
+                 socket_path: Optional[str] = None, libvirt_uri: Optional[str] = None):
         self.engine = engine
         self.policy_path = policy_path
         self.mode = mode
@@ -34,6 +171,76 @@ class Daemon:
         self._policy_mtime = self._mtime()
         self._inventory_sig = None
         self.engine.seen = set()  # audit only what is new from one pass to the next
+        self.socket_path = socket_path  # None: no event socket (and no status file)
+        self.libvirt_uri = libvirt_uri  # None: no libvirt event source
+        self.sources: list = []
+        self.source_state: dict = {"netlink": {"state": "starting"}}
+        self.last_events: collections.deque = collections.deque(maxlen=HISTORY)
+        self.last_heals: collections.deque = collections.deque(maxlen=HISTORY)
+        self.started = time.time()
+        self._status_dirty = True
+        self._status_written = 0.0
+        self._source_due: dict = {}  # id(source) -> monotonic time of its next poll (None: none wanted)
+
+    # --- sources and status ----------------------------------------------------------------------
+    def add_source(self, source) -> None:
+        self.sources.append(source)
+        self._status_dirty = True
+
+    def note_event(self, source: str, detail: str) -> None:
+        self.last_events.append({"ts": _iso(time.time()), "source": source, "detail": detail[:300]})
+        self._status_dirty = True
+
+    def note_source(self, name: str, state: str, **fields) -> None:
+        """A source connected, disconnected, degraded: audit it and show it in the status."""
+        self._audit("source_state", source=name, state=state, **fields)
+        self.note_event(name, state + (f": {fields['error']}" if fields.get("error") else ""))
+
+    def bridges_of(self, domain: str):
+        """The bridges of a domain the daemon knows (run-state XML or libvirt), None when unknown."""
+        found = set()
+        for src in self.sources:
+            for dom in getattr(src, "extra_domains", lambda: [])():
+                if dom.name == domain:
+                    found |= {n.bridge for n in dom.nics if n.bridge}
+        inv = self.engine.inventory
+        if inv is not None and domain in inv.domains:
+            found |= {n.bridge for n in inv.domains[domain].nics if n.bridge}
+        return sorted(found) or None
+
+    def status(self) -> dict:
+        sources = dict(self.source_state)
+        for src in self.sources:
+            try:
+                sources[src.name] = src.status()
+            except Exception as exc:  # noqa: BLE001 - the status must not take the daemon down
+                sources[src.name] = {"state": "error", "error": str(exc)}
+        sources["xml_dirs"] = {"state": "polling", "domain_dir": self.engine.domain_dir,
+                               "network_dir": self.engine.network_dir}
+        return {"pid": os.getpid(), "started": _iso(self.started), "updated": _iso(time.time()),
+                "dry_run": self.engine.dry_run, "policy": getattr(self.engine.policy, "source", None),
+                "resync_interval": self.resync_interval, "sources": sources,
+                "last_events": list(self.last_events), "last_heals": list(self.last_heals)}
+
+    def write_status(self, force: bool = False, final: bool = False) -> None:
+        if self.socket_path is None or not any(isinstance(s, EventSocket) and s.sock is not None
+                                               for s in self.sources):
+            return  # the status file belongs to the daemon that owns the socket
+        now = time.monotonic()
+        if not force and (not self._status_dirty or now - self._status_written < 0.5):
+            return
+        path = os.path.join(os.path.dirname(os.path.abspath(self.socket_path)), STATUS_FILE)
+        data = self.status()
+        if final:
+            data["stopped"] = _iso(time.time())
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(data, fh, indent=1, default=str)
+            os.replace(tmp, path)
+        except OSError:
+            return
+        self._status_dirty, self._status_written = False, now
 
     @property
     def resync_interval(self) -> float:
@@ -74,11 +281,23 @@ class Daemon:
         return False
 
     def reconcile(self, bridges, trigger: str) -> None:
+        extra = []
+        for src in self.sources:
+            extra.extend(getattr(src, "extra_domains", lambda: [])())
+        self.engine.extra_domains = extra
         try:
             report = self.engine.reconcile(trigger=trigger, bridges=bridges)
         except NetmedicError as exc:
             self._audit("error", error=f"reconcile failed: {exc}")
         else:
+            self._status_dirty = True
+            acted = [o for o in report.outcomes if o.result in ("healed", "rolled_back", "failed")]
+            if acted or report.released:
+                self.last_heals.append({
+                    "ts": _iso(time.time()), "trigger": trigger[:200], "correlation_id": report.correlation_id,
+                    "results": [f"{o.result}: {o.plan.summary if o.plan else o.violation.kind} "
+                                f"({o.violation.subject})" for o in acted][:10],
+                    "released": [f"{r.get('kind')} {r.get('mac')} on {r.get('port')}" for r in report.released][:10]})
             if report.retry_at is not None:  # a failed fix backs off: come back when it may retry
                 at = time.monotonic() + max(0.0, report.retry_at - self.engine.clock())
                 self.retry_at = at if self.retry_at is None else min(self.retry_at, at)
@@ -100,9 +319,15 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         listener = self.listener_factory()
-        self._audit("daemon_started", resync_interval=self.resync_interval, dry_run=self.engine.dry_run)
+        self.source_state["netlink"] = {"state": "listening", "since": _iso(time.time()), "overflows": 0}
+        self._start_sources()
+        self._audit("daemon_started", resync_interval=self.resync_interval, dry_run=self.engine.dry_run,
+                    sources={s.name: s.status().get("state") for s in self.sources})
         self._inventory_changed()
+        for src in self.sources:  # connect first: the startup pass then sees libvirt's live domains
+            self._poll_source(src, time.monotonic())
         self.reconcile(None, "startup")
+        self.write_status(force=True)
         next_resync = time.monotonic() + self.resync_interval
         next_poll = time.monotonic() + 1.0
         try:
@@ -112,12 +337,34 @@ class Daemon:
                 pending = self.dispatcher.wait_time()
                 if pending is not None:
                     wait = min(wait, pending)
+                if self._status_dirty and self.socket_path:  # keep `netmedic status` within ~0.5 s
+                    wait = min(wait, self._status_written + 0.5 - time.monotonic())
+                watched = [listener]
+                for src in self.sources:
+                    due = self._source_due.get(id(src))
+                    if due is not None:
+                        wait = min(wait, due - now)
+                    if src.fileno() is not None:
+                        watched.append(src)
                 try:
-                    readable, _, _ = select.select([listener], [], [], max(0.0, wait))
+                    readable, _, _ = select.select(watched, [], [], max(0.0, wait))
                 except InterruptedError:
                     readable = []
-                if readable:
-                    self._drain(listener)
+                for src in readable:
+                    if src is listener:
+                        self._drain(listener)
+                    else:
+                        try:
+                            src.on_readable(self)
+                        except Exception as exc:  # noqa: BLE001 - a broken source must not stop healing
+                            self._audit("error", error=f"event source {src.name}: {exc!r}", level="warning",
+                                        where=_where(exc))
+                        self._poll_source(src, time.monotonic())  # an event can change what it wants next
+                now = time.monotonic()
+                for src in self.sources:
+                    due = self._source_due.get(id(src))
+                    if due is not None and now >= due:
+                        self._poll_source(src, now)
                 if self.reload_requested:
                     self.reload_requested = False
                     self._reload_policy()
@@ -140,11 +387,43 @@ class Daemon:
                 elif self.dispatcher.due():
                     bridges, reasons = self.dispatcher.take()
                     self.reconcile(bridges, "event: " + "; ".join(reasons[:3]))
+                self.write_status()
         finally:
             listener.close()
+            self.write_status(force=True, final=True)
+            for src in self.sources:
+                try:
+                    src.close()
+                except Exception:  # noqa: BLE001
+                    pass
             self.engine.ops.close()
             self._audit("daemon_stopped")
         return 0
+
+    def _start_sources(self) -> None:
+        if self.socket_path:
+            sock = EventSocket(self.socket_path)
+            self.add_source(sock)
+            self.note_source("socket", "listening" if sock.sock is not None else "off", path=self.socket_path,
+                             error=sock.error)
+        if self.libvirt_uri:
+            from netmedic.hooks import events
+
+            src = events.LibvirtSource(self.libvirt_uri)
+            self.add_source(src)
+            if src.state == "unavailable":
+                self.note_source("libvirt", "unavailable", error=src.error,
+                                 reason="using the run-state XML directories only")
+        for src in self.sources:
+            self._source_due[id(src)] = time.monotonic()
+
+    def _poll_source(self, src, now: float) -> None:
+        try:
+            self._source_due[id(src)] = src.poll(self, now)
+        except Exception as exc:  # noqa: BLE001
+            self._audit("error", error=f"event source {src.name}: {exc!r}", level="warning")
+            self._source_due[id(src)] = now + 5.0
+        self._status_dirty = True
 
     def _drain(self, listener) -> None:
         count = 0
@@ -153,6 +432,8 @@ class Daemon:
                 events = listener.read()
             except nl.Overflow:
                 self._audit("netlink_overflow", reason="events were lost: full resync", level="warning")
+                self.source_state["netlink"]["overflows"] = self.source_state["netlink"].get("overflows", 0) + 1
+                self.note_event("netlink", "overflow: full resync")
                 self.dispatcher.submit(None, "netlink overflow")
                 return
             except BlockingIOError:
@@ -165,3 +446,25 @@ class Daemon:
             r, _, _ = select.select([listener], [], [], 0)
             if not r:
                 return
+
+
+def render_status(status: dict, path: str) -> str:
+    """`netmedic status` in plain words."""
+    state = "running" if status.get("running") else ("stopped " + status.get("stopped", "")).strip()
+    lines = [f"netmedic daemon: {state} (pid {status.get('pid')}, since {status.get('started')}; "
+             f"status {path}, updated {status.get('updated')})",
+             f"policy: {status.get('policy')}" + ("  [dry-run]" if status.get("dry_run") else ""), "", "sources:"]
+    for name, src in sorted((status.get("sources") or {}).items()):
+        detail = ", ".join(f"{k}={v}" for k, v in src.items() if k != "state" and v not in (None, [], ""))
+        lines.append(f"  {name:<10} {src.get('state', '?'):<13} {detail}")
+    lines += ["", "last events:"]
+    lines += [f"  {e['ts']}  {e['source']:<22} {e['detail']}" for e in status.get("last_events", [])[-10:]] \
+        or ["  (none)"]
+    lines += ["", "last heals:"]
+    heals = status.get("last_heals", [])[-10:]
+    for h in heals:
+        lines.append(f"  {h['ts']}  {h['trigger']}  [{h.get('correlation_id')}]")
+        lines += [f"      {r}" for r in h.get("results", []) + [f"released {x}" for x in h.get("released", [])]]
+    if not heals:
+        lines.append("  (none)")
+    return "\n".join(lines)

@@ -75,6 +75,15 @@ class LinkInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class VlanInfo:
+    """One VLAN of a bridge port's VLAN table (vlan_filtering bridges; `bridge vlan show`)."""
+
+    vid: int
+    pvid: bool  # untagged ingress frames are classified into this VLAN
+    untagged: bool  # egress untagged
+
+
+@dataclasses.dataclass(frozen=True)
 class FdbInfo:
     mac: str  # lower-case
     port_index: int  # the port (ndm_ifindex) the entry points to
@@ -123,6 +132,11 @@ _RTMGRP_LINK = 0x1
 _RTMGRP_NEIGH = 0x4
 _RTM_NEWLINK = 16
 _RTM_DELLINK = 17
+_RTM_GETLINK = 18
+_RTM_SETLINK = 19
+_IFLA_EXT_MASK_BRVLAN = 2  # RTEXT_FILTER_BRVLAN
+_BRIDGE_VLAN_INFO_PVID = 0x2
+_BRIDGE_VLAN_INFO_UNTAGGED = 0x4
 _RTM_NEWNEIGH = 28
 _RTM_DELNEIGH = 29
 _RTM_GETNEIGH = 30
@@ -250,6 +264,22 @@ def _fdb_from_msg(msg) -> FdbInfo:
         state=int(msg["state"] or 0),
         flags=flags,
     )
+
+
+def _vlans_from_msg(msg) -> tuple:
+    """VlanInfo tuple from an AF_BRIDGE RTM_NEWLINK's IFLA_AF_SPEC (IFLA_BRIDGE_VLAN_INFO entries)."""
+    spec = msg.get_attr("IFLA_AF_SPEC")
+    if spec is None or not hasattr(spec, "get_attrs"):
+        return ()
+    out = []
+    for info in spec.get_attrs("IFLA_BRIDGE_VLAN_INFO"):
+        try:
+            vid, flags = int(info["vid"]), int(info["flags"] or 0)
+        except (KeyError, TypeError, ValueError):
+            continue
+        out.append(VlanInfo(vid=vid, pvid=bool(flags & _BRIDGE_VLAN_INFO_PVID),
+                            untagged=bool(flags & _BRIDGE_VLAN_INFO_UNTAGGED)))
+    return tuple(out)
 
 
 class Netlink:
@@ -480,7 +510,49 @@ class Netlink:
             raise self._host_error("list addresses", exc) from None
         return out
 
+    def port_vlans(self) -> dict:
+        """ifindex -> tuple of VlanInfo: every bridge port's VLAN table (`bridge vlan show`), from one
+        AF_BRIDGE link dump with RTEXT_FILTER_BRVLAN. A kernel without bridge VLAN filtering reports
+        no VLANs: the ports are then absent or map to ()."""
+        msg = self._pr.ifinfmsg()
+        msg["family"] = _AF_BRIDGE
+        msg["attrs"] = [["IFLA_EXT_MASK", _IFLA_EXT_MASK_BRVLAN]]
+        try:
+            replies = self._request(msg, _RTM_GETLINK, _NLM_F_REQUEST | _NLM_F_DUMP)
+        except self._errors() as exc:
+            raise self._host_error("list bridge port VLANs", exc) from None
+        out: dict = {}
+        for reply in replies:
+            if reply["header"]["type"] != _RTM_NEWLINK:
+                continue
+            out[int(reply["index"])] = _vlans_from_msg(reply)
+        return out
+
     # --- writes ----------------------------------------------------------------------------
+    def vlan_add(self, port_index: int, vid: int, pvid: bool = False, untagged: bool = False) -> None:
+        """`bridge vlan add vid VID dev PORT [pvid] [untagged]` (RTM_SETLINK, AF_BRIDGE, IFLA_AF_SPEC)."""
+        flags = (_BRIDGE_VLAN_INFO_PVID if pvid else 0) | (_BRIDGE_VLAN_INFO_UNTAGGED if untagged else 0)
+        msg = self._pr.ifinfmsg()
+        msg["family"] = _AF_BRIDGE
+        msg["index"] = int(port_index)
+        msg["attrs"] = [["IFLA_AF_SPEC", {"attrs": [["IFLA_BRIDGE_VLAN_INFO",
+                                                      {"flags": flags, "vid": int(vid)}]]}]]
+        try:
+            self._request(msg, _RTM_SETLINK, _NLM_F_REQUEST | _NLM_F_ACK)
+        except self._errors() as exc:
+            raise self._host_error(f"add vlan {vid} to {self._name(port_index)}", exc) from None
+
+    def vlan_delete(self, port_index: int, vid: int) -> None:
+        """`bridge vlan del vid VID dev PORT`."""
+        msg = self._pr.ifinfmsg()
+        msg["family"] = _AF_BRIDGE
+        msg["index"] = int(port_index)
+        msg["attrs"] = [["IFLA_AF_SPEC", {"attrs": [["IFLA_BRIDGE_VLAN_INFO", {"flags": 0, "vid": int(vid)}]]}]]
+        try:
+            self._request(msg, _RTM_DELLINK, _NLM_F_REQUEST | _NLM_F_ACK)
+        except self._errors() as exc:
+            raise self._host_error(f"delete vlan {vid} from {self._name(port_index)}", exc) from None
+
     def fdb_pin(self, port_index: int, mac: str, vlan: Optional[int] = None) -> None:
         """Make MAC a 'static sticky' master entry on the port (replace: also moves an entry that was
         learned on another port). Learning can no longer move it."""

@@ -7,6 +7,7 @@ the iptables FORWARD chains only when a bridge with VMs has bridge netfilter on.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Iterable, Optional
 
 from netmedic import ops
@@ -22,6 +23,12 @@ class Snapshot:
     forward_chains: list  # ops.ForwardChain per iptables backend in use
     records: dict  # key -> record of what netmedic created (pins, quarantines, rules)
     bridges_observed: Optional[frozenset] = None  # None = all
+    # Read only when an enabled invariant declares it in NEEDS (None = not observed):
+    addresses: Optional[dict] = None  # 'addresses': ifindex -> ['addr/prefix', ...]
+    port_vlans: Optional[dict] = None  # 'port_vlans': ifindex -> tuple of nl.VlanInfo
+    nat_rules: Optional[list] = None  # 'nat_rules': hostfacts.NatRule (MASQUERADE rules)
+    dnsmasq: Optional[dict] = None  # 'dnsmasq': network name -> hostfacts.Dnsmasq
+    sightings: Optional[dict] = None  # (bridge, mac) -> frames seen on the uplink (diagnose --probe)
 
     def __post_init__(self):
         self.by_index = {link.index: link for link in self.links.values()}
@@ -69,9 +76,11 @@ def fdb_owner(snapshot: Snapshot, nics: Iterable[VmNic]) -> dict:
 
 
 def observe(netlink, inventory: Inventory, records: Optional[dict] = None,
-            bridges: Optional[Iterable[str]] = None, in_scope=None, firewall: bool = True) -> Snapshot:
+            bridges: Optional[Iterable[str]] = None, in_scope=None, firewall: bool = True,
+            needs: Iterable[str] = ()) -> Snapshot:
     """One fresh observation. `bridges` limits the fdb lookups (and what invariants look at) to those
-    bridges; `in_scope(bridge, domain)` filters the VM NICs looked up."""
+    bridges; `in_scope(bridge, domain)` filters the VM NICs looked up. `needs`: the optional facts to
+    read as well ('addresses', 'port_vlans', 'nat_rules', 'dnsmasq'; see _extras)."""
     links = {link.name: link for link in netlink.links()}
     only = frozenset(bridges) if bridges is not None else None
     fdb: dict = {}
@@ -103,4 +112,27 @@ def observe(netlink, inventory: Inventory, records: Optional[dict] = None,
                for b in bridges_with_vms):
             chains = ops.read_forward_chains()
     return Snapshot(links=links, inventory=inventory, fdb=fdb, sysctls=sysctls, forward_chains=chains,
-                    records=dict(records or {}), bridges_observed=only)
+                    records=dict(records or {}), bridges_observed=only,
+                    **_extras(netlink, inventory, links, bridges_with_vms, set(needs)))
+
+
+def _extras(netlink, inventory: Inventory, links: dict, bridges_with_vms: set, needs: set) -> dict:
+    """The optional facts, each only when needed and only when there is something to look at."""
+    from netmedic import hostfacts
+
+    out: dict = {}
+    if "addresses" in needs and bridges_with_vms:
+        out["addresses"] = netlink.addresses()
+    if "port_vlans" in needs:
+        vlan_bridges = {b for b in bridges_with_vms if links[b].bridge and links[b].bridge.vlan_filtering}
+        if any(n.vlans and n.bridge in vlan_bridges for n in inventory.nics):
+            out["port_vlans"] = netlink.port_vlans()
+        else:
+            out["port_vlans"] = {}
+    nat = [n for n in inventory.networks.values() if n.forward_mode == "nat" and n.bridge in links]
+    if "nat_rules" in needs:
+        out["nat_rules"] = hostfacts.read_nat_rules() if any(n.ips for n in nat) else []
+    if "dnsmasq" in needs:
+        out["dnsmasq"] = {n.name: hostfacts.read_dnsmasq(n.name, os.path.dirname(n.source_file))
+                          for n in nat if n.ips and n.source_file}
+    return out

@@ -142,6 +142,10 @@ class HostOps:
             self.nl.set_up(self._index(a), a["up"])
         elif op == "set_mtu":
             self.nl.set_mtu(self._index(a), a["mtu"])
+        elif op == "vlan_add":
+            self.nl.vlan_add(self._index(a), a["vid"], pvid=a.get("pvid", False), untagged=a.get("untagged", False))
+        elif op == "vlan_delete":
+            self.nl.vlan_delete(self._index(a), a["vid"])
         elif op == "set_port":
             self.nl.set_port(self._index(a), state=a.get("state"), learning=a.get("learning"),
                              flood=a.get("flood"))

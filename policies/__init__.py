@@ -9,14 +9,21 @@ from __future__ import annotations
 from netmedic.policies import (
     bridge_netfilter,
     fdb_ownership,
+    host_ip_on_port,
     ip_forwarding,
+    mtu_consistency,
+    nat_network_health,
     port_forwarding,
+    remote_duplicate,
     unique_mac,
+    uplink_aggregation,
+    vlan_membership,
 )
 
 # The one explicit list. Order is the order a reconcile heals in: attach before pinning.
 INVARIANTS = {m.NAME: m for m in (port_forwarding, unique_mac, fdb_ownership, ip_forwarding,
-                                  bridge_netfilter)}
+                                  bridge_netfilter, mtu_consistency, vlan_membership, uplink_aggregation,
+                                  host_ip_on_port, nat_network_health, remote_duplicate)}
 
 
 def healer_for(violation, options: dict):

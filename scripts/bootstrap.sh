@@ -26,3 +26,6 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import pyroute2, structlo
     .venv/bin/pip install -q --upgrade pip
     .venv/bin/pip install -q pyroute2 structlog PyYAML pytest ruff
 fi
+
+# The event-source tests' real NetworkManager, dbus-daemon, systemd-udevd and python3-dbus/gi (nothing started).
+bash scripts/nm-test-env.sh

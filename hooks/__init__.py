@@ -1,0 +1,66 @@
+"""libvirt hooks: `qemu` (installed as /etc/libvirt/hooks/qemu.d/netmedic) and `network` (installed as
+/etc/libvirt/hooks/network.d/netmedic). docs/event-sources.md describes each phase.
+
+The entry scripts (hooks/scripts/*) are tiny: they import netmedic.hooks.qemu / .network lazily, so
+the phases that need nothing (most of them) cost one interpreter start.
+
+Configuration. libvirt runs hooks with only LC_ALL, PATH and HOME in the environment, so the hook
+reads its paths from these variables and otherwise uses the defaults below (the same as the CLI's):
+
+  NETMEDIC_POLICY            policy file   (default /etc/netmedic/policy.yaml, else the shipped defaults)
+  NETMEDIC_AUDIT_LOG         audit log     (default /var/log/netmedic/audit.jsonl)
+  NETMEDIC_STATE_DIR         records       (default /var/lib/netmedic)
+  NETMEDIC_DOMAIN_XML_DIR    running domains' status XML   (default /run/libvirt/qemu)
+  NETMEDIC_NETWORK_XML_DIR   running networks' status XML  (default /run/libvirt/network)
+  NETMEDIC_SOCKET            the daemon's event socket     (default /run/netmedic/netmedic.sock)
+  NETMEDIC_HOOK_TIMEOUT      seconds before the hook gives up and allows (default 15)
+
+A production install sets none of them. A test (or an admin who wants other paths) installs a copy
+of the entry script made by render_script(), which puts the settings (and, for a checkout, a
+sys.path entry) in the script itself: nothing on the host outside the installed file changes.
+"""
+from __future__ import annotations
+
+import os
+
+DEFAULTS = {
+    "policy": ("NETMEDIC_POLICY", None),
+    "audit_log": ("NETMEDIC_AUDIT_LOG", "/var/log/netmedic/audit.jsonl"),
+    "state_dir": ("NETMEDIC_STATE_DIR", "/var/lib/netmedic"),
+    "domain_dir": ("NETMEDIC_DOMAIN_XML_DIR", "/run/libvirt/qemu"),
+    "network_dir": ("NETMEDIC_NETWORK_XML_DIR", "/run/libvirt/network"),
+    "socket": ("NETMEDIC_SOCKET", "/run/netmedic/netmedic.sock"),
+    "timeout": ("NETMEDIC_HOOK_TIMEOUT", "15"),
+}
+SCRIPTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts")
+INSTALL_PATHS = {"qemu": "/etc/libvirt/hooks/qemu.d/netmedic",
+                 "network": "/etc/libvirt/hooks/network.d/netmedic"}
+PREAMBLE_MARK = "# --- settings (render_script puts environment overrides here) ---"
+
+
+def settings(environ=None) -> dict:
+    env = os.environ if environ is None else environ
+    return {key: (env.get(var) or default) for key, (var, default) in DEFAULTS.items()}
+
+
+def render_script(kind: str, python: str, env=None, pythonpath=None) -> str:
+    """The entry script for `kind` ('qemu' or 'network') with an absolute interpreter, environment
+    overrides (NETMEDIC_* names) and an optional import path (a checkout) written into it."""
+    if kind not in INSTALL_PATHS:
+        raise ValueError(f"unknown hook {kind!r}")
+    if not os.path.isabs(python):
+        raise ValueError("the interpreter must be an absolute path (libvirt gives hooks no useful PATH)")
+    with open(os.path.join(SCRIPTS_DIR, kind), encoding="utf-8") as fh:
+        lines = fh.read().splitlines(True)
+    lines[0] = f"#!{python} -I\n"
+    extra = []
+    for var, value in sorted((env or {}).items()):
+        if not var.startswith("NETMEDIC_"):
+            raise ValueError(f"not a netmedic setting: {var}")
+        extra.append(f"os.environ[{var!r}] = {str(value)!r}\n")
+    if pythonpath:
+        extra.append(f"sys.path.insert(0, {str(pythonpath)!r})\n")
+    text = "".join(lines)
+    if PREAMBLE_MARK not in text:
+        raise ValueError(f"{kind} entry script has no settings mark")
+    return text.replace(PREAMBLE_MARK + "\n", PREAMBLE_MARK + "\n" + "".join(extra), 1)

@@ -1,0 +1,40 @@
+"""Post one event to the running daemon's Unix socket (stdlib only: hooks, dispatcher scripts and udev
+RUN programs import this and nothing else).
+
+The socket is a SOCK_DGRAM socket, root-only (mode 0600 in a root-owned directory). One datagram is
+one JSON object, e.g. `{"source": "libvirt-hook", "event": "start", "bridges": ["br0"]}` or
+`{"source": "libvirt-hook", "event": "stopped", "domain": "vm1"}`; the daemon turns it into a
+reconcile of those bridges (of that domain's bridges; everything when it does not know them).
+post() never blocks for long and never raises: it returns False when no daemon listens.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+DEFAULT_SOCKET = "/run/netmedic/netmedic.sock"
+MAX_EVENT_BYTES = 4096
+
+
+def socket_path() -> str:
+    return os.environ.get("NETMEDIC_SOCKET") or DEFAULT_SOCKET
+
+
+def post(event: dict, path=None, timeout: float = 0.2) -> bool:
+    """True when the daemon's socket took the event."""
+    data = json.dumps(event, separators=(",", ":"), default=str).encode("utf-8")
+    if len(data) > MAX_EVENT_BYTES:
+        return False
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    except OSError:
+        return False
+    try:
+        sock.settimeout(timeout)
+        sock.sendto(data, path or socket_path())
+        return True
+    except OSError:  # ENOENT / ECONNREFUSED: no daemon; EAGAIN/timeout: it is busy
+        return False
+    finally:
+        sock.close()

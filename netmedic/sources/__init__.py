@@ -1,0 +1,67 @@
+"""Event sources that only say *what changed*: the daemon's D-Bus NetworkManager source (nm.py), the
+NetworkManager dispatcher script's and the udev rule's entry points (nm_dispatcher.py, udev.py, run by
+dispatcher/scripts/*). Each turns an event into a reconcile request of the affected bridges."""
+from __future__ import annotations
+
+import os
+
+SCRIPTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dispatcher", "scripts")
+UDEV_DIR = os.path.join(os.path.dirname(SCRIPTS_DIR), "udev")
+INSTALL_PATHS = {"netmedic": "/usr/lib/NetworkManager/dispatcher.d/90-netmedic",
+                 "netmedic-udev": "/usr/lib/netmedic/netmedic-udev",
+                 "90-netmedic.rules": "/usr/lib/udev/rules.d/90-netmedic.rules"}
+PREAMBLE_MARK = "# --- settings (render_script puts environment overrides here) ---"
+
+
+def render_script(name: str, python: str, env=None, pythonpath=None) -> str:
+    """dispatcher/scripts/NAME with an absolute interpreter, NETMEDIC_* settings and an optional import
+    path (a checkout) written into it: the dispatcher and udev give their programs no useful
+    environment, so a test (or an admin wanting other paths) installs such a copy."""
+    if name not in ("netmedic", "netmedic-udev"):
+        raise ValueError(f"unknown script {name!r}")
+    if not os.path.isabs(python):
+        raise ValueError("the interpreter must be an absolute path (no PATH is given)")
+    with open(os.path.join(SCRIPTS_DIR, name), encoding="utf-8") as fh:
+        lines = fh.read().splitlines(True)
+    lines[0] = f"#!{python} -I\n"
+    extra = []
+    for var, value in sorted((env or {}).items()):
+        if not var.startswith("NETMEDIC_"):
+            raise ValueError(f"not a netmedic setting: {var}")
+        extra.append(f"os.environ[{var!r}] = {str(value)!r}\n")
+    if pythonpath:
+        extra.append(f"sys.path.insert(0, {str(pythonpath)!r})\n")
+    text = "".join(lines)
+    if PREAMBLE_MARK not in text:
+        raise ValueError(f"{name} has no settings mark")
+    return text.replace(PREAMBLE_MARK + "\n", PREAMBLE_MARK + "\n" + "".join(extra), 1)
+
+
+def render_udev_rule(program: str) -> str:
+    """dispatcher/udev/90-netmedic.rules with RUN+= pointing at `program` (an absolute path)."""
+    if not os.path.isabs(program) or '"' in program:
+        raise ValueError("the RUN program must be an absolute path without quotes")
+    with open(os.path.join(UDEV_DIR, "90-netmedic.rules"), encoding="utf-8") as fh:
+        text = fh.read()
+    return text.replace(INSTALL_PATHS["netmedic-udev"], program)
+
+
+class NullListener:
+    """Stands in for nl.Listener when the daemon runs with --no-netlink (tests that prove another
+    trigger): never readable, reads nothing."""
+
+    def __init__(self):
+        self._r, self._w = os.pipe()
+
+    def fileno(self) -> int:
+        return self._r
+
+    def read(self) -> list:
+        return []
+
+    def close(self) -> None:
+        for fd in (self._r, self._w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
