@@ -25,7 +25,7 @@ from netmedic import labnet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIGURES = ("reconcile", "events", "protect", "footprint", "seed", "hook")
-FULL = {"vms": 1000, "bridges": 4, "fdb": 50000, "repeat": 5, "protect": 12, "heal": 4, "idle": 20,
+FULL = {"vms": 1000, "bridges": 4, "fdb": 50000, "repeat": 5, "protect": 8, "heal": 3, "idle": 20,
         "storm_rate": 20000, "storm_seconds": 10, "rates": [5000, 10000, 20000, 40000, 0],
         "seed_seconds": 60, "hook_vms": 200, "hook_repeat": 7}
 QUICK = {"vms": 40, "bridges": 2, "fdb": 2000, "repeat": 2, "protect": 3, "heal": 2, "idle": 3,
@@ -254,11 +254,12 @@ def fig_daemon(topo, h, sc, workdir, policy, only) -> dict:
             lines, injected = storm_lines(h, workdir, "daemon-storm.lines", inject_every)
             log(f"events: daemon under {sc['storm_rate']}/s for {sc['storm_seconds']} s")
             out["storm"] = run_storm(topo, h, d, lines, injected, sc["storm_rate"], sc["storm_seconds"],
-                                     heal_timeout=120)
+                                     heal_timeout=30 if sc is QUICK else 90)
+            log(f"storm: {out['storm']}")
             lines, injected = storm_lines(h, workdir, "daemon-flood.lines", inject_every, first_vm=len(injected))
             log("events: daemon under a flood beyond the socket's capacity")
             out["flood"] = run_storm(topo, h, d, lines, injected, 0, min(5, sc["storm_seconds"]),
-                                     heal_timeout=180)
+                                     heal_timeout=30 if sc is QUICK else 120)
         out["daemon_alive"] = d.proc.poll() is None
     finally:
         out["daemon_rc"] = d.stop()
@@ -275,16 +276,27 @@ def fig_consume(topo, h, sc, workdir) -> dict:
     return worker(topo, h.ns, "consume", cfg, workdir)
 
 
-def fig_seed(topo, sc, workdir, seconds) -> dict:
+def fig_seed(sc, workdir, seconds) -> dict:
     """The founding case with reflection on: without netmedic (baseline), then with the daemon running
     when the VM starts (tap enslaved + domain XML written), the VM pinging its gateway every 10 ms."""
     out = {}
+    with labnet.Topology("nmbs") as topo:
+        _seed_baseline(topo, workdir, seconds, out)
+    with labnet.Topology("nmbs") as topo:
+        _seed_netmedic(topo, workdir, seconds, out)
+    return out
+
+
+def _seed_baseline(topo, workdir, seconds, out) -> None:
     lab = labnet.build_seed_case(topo, os.path.join(workdir, "seed-base"), reflect=True)
     base_n = max(100, int(min(seconds, 5) / 0.01))
     res = topo.run(lab.vm, sys.executable, "-I", "-S", "-c", labnet._PROBER, lab.gw_ip, str(base_n), "0.05",
                    "0.01", timeout=base_n * 0.1 + 30)
     sent, got = (int(x) for x in res.stdout.split())
     out["baseline"] = {"sent": sent, "lost": sent - got}
+
+
+def _seed_netmedic(topo, workdir, seconds, out) -> None:
     lab = labnet.build_seed_case(topo, os.path.join(workdir, "seed-nm"), reflect=True)
     xml = os.path.join(lab.domain_xml_dir, f"{lab.domain}.xml")
     saved = os.path.join(workdir, "seedvm.xml")
@@ -313,7 +325,6 @@ def fig_seed(topo, sc, workdir, seconds) -> dict:
                            "reflected": topo.reflected_packets(lab.switch, lab.switch_port)}
     finally:
         d.stop()
-    return out
 
 
 def fig_hook(topo, sc, workdir, policy) -> dict:
@@ -367,6 +378,7 @@ def main(argv=None) -> int:
     p.add_argument("--only", default=",".join(FIGURES), help=f"comma-separated subset of {','.join(FIGURES)}")
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks.md"), help="markdown report")
     p.add_argument("--json", default=None, help="also write the raw results here")
+    p.add_argument("--keep-workdir", action="store_true", help="keep the temporary files (audit logs, ...)")
     p.add_argument("--seed-seconds", type=float, default=None,
                    help="seed case: seconds of reflection and pinging (default 60; --quick: 3)")
     args = p.parse_args(argv)
@@ -401,12 +413,16 @@ def main(argv=None) -> int:
             results["hook"] = fig_hook(topo, sc, workdir, policy)
         if "seed" in only:
             log(f"seed: reflection on, pinging every 10 ms for {seed_seconds:g} s")
-            results["seed"] = fig_seed(topo, sc, workdir, seed_seconds)
+            results["seed"] = fig_seed(sc, workdir, seed_seconds)
     finally:
+        results["namespaces"] = topo.namespaces
         try:
             topo.close()
         finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            if args.keep_workdir:
+                log(f"kept {workdir}")
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
     results["seconds"] = time.monotonic() - t_start
     results["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     if args.json:

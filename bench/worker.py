@@ -94,7 +94,7 @@ def _lines_file(cfg: dict, path: str, inject_every: int) -> tuple:
         if inject_every and k % inject_every == inject_every - 1 and vms:
             mac, br, _tap = vms.pop(0)
             injected.append((mac, k))
-            lines.append(f"fdb replace {mac} dev {cfg['uplinks'][br]} master static\n")
+            lines.append(f"fdb replace {mac} dev {cfg['uplinks'][br]} master dynamic\n")  # as if learned
             continue
         b = bridges[k % len(bridges)]
         idx = (k // len(bridges)) % per

@@ -14,6 +14,8 @@ reads its paths from these variables and otherwise uses the defaults below (the 
   NETMEDIC_NETWORK_XML_DIR   running networks' status XML  (default /run/libvirt/network)
   NETMEDIC_SOCKET            the daemon's event socket     (default /run/netmedic/netmedic.sock)
   NETMEDIC_HOOK_TIMEOUT      seconds before the hook gives up and allows (default 15)
+  NETMEDIC_HOOK_DAEMON_TIMEOUT  seconds to wait for the daemon's answer before doing the work in the
+                             hook itself (default 5)
 
 A production install sets none of them. A test (or an admin who wants other paths) installs a copy
 of the entry script made by render_script(), which puts the settings (and, for a checkout, a
@@ -31,6 +33,7 @@ DEFAULTS = {
     "network_dir": ("NETMEDIC_NETWORK_XML_DIR", "/run/libvirt/network"),
     "socket": ("NETMEDIC_SOCKET", "/run/netmedic/netmedic.sock"),
     "timeout": ("NETMEDIC_HOOK_TIMEOUT", "15"),
+    "daemon_timeout": ("NETMEDIC_HOOK_DAEMON_TIMEOUT", "5"),
 }
 SCRIPTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts")
 INSTALL_PATHS = {"qemu": "/etc/libvirt/hooks/qemu.d/netmedic",

@@ -16,6 +16,7 @@ import time
 from netmedic.hooks import settings
 
 MAX_STDIN = 8 * 1024 * 1024
+STARTING_GRACE = 120.0  # s between a pin at `start begin` and the domain's run-state XML, at most
 
 
 class Refuse(Exception):
@@ -84,6 +85,39 @@ class Hook:
         self.engines.append(eng)
         return eng
 
+    def starting_domains(self, exclude: str = "") -> list:
+        """Domains between libvirt's `start` and `started` hooks: libvirt writes a domain's run-state
+        XML only after `start begin` (where its hook pinned), so a reconcile of the same bridge by
+        another VM's hook would take those fresh pins for a stopped VM's. Rebuilt from netmedic's
+        records: pins younger than STARTING_GRACE on a tap that exists, of a domain with no XML yet."""
+        import calendar
+
+        from netmedic import inventory
+        from netmedic.state import State
+
+        records = State(self.cfg["state_dir"]).read().records
+        now = time.time()
+        nics: dict = {}
+        for rec in records.values():
+            name, port = rec.get("domain"), rec.get("port")
+            if rec.get("kind") != "fdb_pin" or not name or name == exclude or not port:
+                continue
+            if os.path.exists(os.path.join(self.cfg["domain_dir"], f"{name}.xml")):
+                continue
+            if not inventory.valid_ifname(port) or not os.path.exists(os.path.join("/sys/class/net", port)):
+                continue
+            try:
+                created = calendar.timegm(time.strptime(rec.get("created") or "", "%Y-%m-%dT%H:%M:%SZ"))
+            except (TypeError, ValueError):
+                continue
+            if now - created > STARTING_GRACE:
+                continue
+            nics.setdefault(name, []).append(inventory.VmNic(
+                domain=name, uuid="", mac=rec["mac"], type="bridge", bridge=rec.get("bridge"), tap=port,
+                source_file="<netmedic records: starting>"))
+        return [inventory.Domain(name=n, uuid="", nics=tuple(v), source_file="<netmedic records: starting>")
+                for n, v in sorted(nics.items())]
+
     def networks(self) -> dict:
         from netmedic import inventory
 
@@ -96,6 +130,19 @@ class Hook:
         event.setdefault("source", f"libvirt-{self.kind}-hook")
         event.setdefault("event", self.phase)
         return notify.post(event, self.cfg["socket"])
+
+    def ask(self, **event):
+        """Ask the running daemon to do this phase's work and wait for its answer (None: no daemon)."""
+        from netmedic.hooks import notify
+
+        event.setdefault("source", f"libvirt-{self.kind}-hook")
+        event.setdefault("event", self.phase)
+        event.setdefault("hook_pid", os.getpid())
+        try:
+            timeout = float(self.cfg["daemon_timeout"])
+        except ValueError:
+            timeout = 5.0
+        return notify.request(event, self.cfg["socket"], timeout=timeout)
 
     def close(self) -> None:
         for eng in self.engines:

@@ -46,7 +46,7 @@ def port_created(hook: base.Hook) -> None:
     if posted:
         hook.done("handed to the daemon", port=port)
         return
-    report = hook.engine().reconcile(trigger=hook.trigger, bridges=[port["bridge"]])
+    report = hook.engine(hook.starting_domains()).reconcile(trigger=hook.trigger, bridges=[port["bridge"]])
     hook.done("reconciled", port=port, results={o.result: 1 for o in report.outcomes} or None)
 
 
@@ -63,7 +63,7 @@ def port_deleted(hook: base.Hook) -> None:
 def network_started(hook: base.Hook) -> None:
     port = _port(hook)
     if port["bridge"] and not hook.post(bridges=[port["bridge"]]):
-        hook.engine().reconcile(trigger=hook.trigger, bridges=[port["bridge"]])
+        hook.engine(hook.starting_domains()).reconcile(trigger=hook.trigger, bridges=[port["bridge"]])
     hook.done("reconciled", bridge=port["bridge"])
 
 

@@ -38,3 +38,43 @@ def post(event: dict, path=None, timeout: float = 0.2) -> bool:
         return False
     finally:
         sock.close()
+
+
+def request(event: dict, path=None, timeout: float = 5.0):
+    """Send `event` and wait for the daemon's one-datagram answer (a dict), or None when no daemon
+    answers in time (the caller then does the work itself). The answer comes back to a socket bound
+    in the daemon's (root-only) run directory, which the request names as "reply"."""
+    import secrets
+
+    path = path or socket_path()
+    reply_path = os.path.join(os.path.dirname(os.path.abspath(path)),
+                              f".hook-{os.getpid()}-{secrets.token_hex(4)}.sock")
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    except OSError:
+        return None
+    try:
+        try:
+            sock.bind(reply_path)
+        except OSError:  # no run directory: no daemon
+            return None
+        data = json.dumps(dict(event, reply=reply_path), separators=(",", ":"), default=str).encode("utf-8")
+        if len(data) > MAX_EVENT_BYTES:
+            return None
+        sock.settimeout(0.2)
+        try:
+            sock.sendto(data, path)
+        except OSError:
+            return None
+        sock.settimeout(timeout)
+        try:
+            answer = json.loads(sock.recv(MAX_EVENT_BYTES).decode("utf-8"))
+        except (OSError, ValueError):
+            return None
+        return answer if isinstance(answer, dict) else None
+    finally:
+        sock.close()
+        try:
+            os.unlink(reply_path)
+        except OSError:
+            pass

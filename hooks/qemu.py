@@ -32,71 +32,113 @@ def _nics(dom) -> list:
              **({"network": n.network} if n.network else {})} for n in dom.nics]
 
 
-def prepare(hook: base.Hook) -> None:
+def domain_from_request(event: dict):
+    """The inventory.Domain a hook sent the daemon (name, uuid, nics), validated like XML input."""
     from netmedic import inventory
 
-    policy = hook.policy()
+    name = event.get("domain")
+    nics = event.get("nics") or []
+    if not isinstance(name, str) or not name or not isinstance(nics, list):
+        raise ValueError("a hook request needs a domain name and a list of nics")
+    out = []
+    for nic in nics:
+        if not isinstance(nic, dict):
+            raise ValueError("each nic must be an object")
+        for key in ("bridge", "tap"):
+            if nic.get(key) is not None and not (isinstance(nic[key], str) and inventory.valid_ifname(nic[key])):
+                raise ValueError(f"nic {key} {nic.get(key)!r} is not an interface name")
+        out.append(inventory.VmNic(domain=name, uuid=str(event.get("uuid") or ""),
+                                   mac=inventory.canonical_mac(str(nic.get("mac", ""))),
+                                   type=str(nic.get("type") or "bridge"), bridge=nic.get("bridge"),
+                                   tap=nic.get("tap"), network=nic.get("network"),
+                                   source_file="<hook request>"))
+    return inventory.Domain(name=name, uuid=str(event.get("uuid") or ""), nics=tuple(out),
+                            source_file="<hook request>")
+
+
+def decide_start(policy, dom, others: dict, host_macs: dict):
+    """prepare begin's decision: (result 'allowed'|'refused', reason or None, clashes, audit fields).
+    others: name -> Domain of every running domain; host_macs: ifname -> MAC."""
     ipol = policy.invariants["unique_mac"]
-    if not ipol.enabled:
-        return
-    inv = inventory.load(hook.cfg["domain_dir"], hook.cfg["network_dir"])
-    dom = _domain(hook, inv.networks)
-    mine = [n for n in dom.nics if policy.in_scope(n.bridge, dom.name)]
-    if not mine:
-        return
+    mine = [n for n in dom.nics if policy.in_scope(n.bridge, dom.name)] if ipol.enabled else []
     used: dict = {}  # mac -> [description of the other user]
-    for other in inv.domains.values():
+    for other in others.values():
         if other.name == dom.name:
             continue
         for n in other.nics:
             used.setdefault(n.mac, []).append(f"VM {other.name}" + (f" ({n.tap} on {n.bridge})" if n.tap
                                                                      else f" (on {n.bridge})"))
     own_taps = {n.tap for n in dom.nics if n.tap}
-    for ifname, mac in sorted(base.sys_macs().items()):
+    for ifname, mac in sorted(host_macs.items()):
         if ifname not in own_taps:
             used.setdefault(mac, []).append(f"host interface {ifname}")
-    seen: dict = {}
+    seen: set = set()
     clashes = []
     for n in mine:
         users = list(used.get(n.mac, []))
         if n.mac in seen:
             users.append(f"another NIC of VM {dom.name}")
-        seen[n.mac] = True
+        seen.add(n.mac)
         if users:
             clashes.append({"mac": n.mac, "bridge": n.bridge, "used_by": users})
     if not clashes:
-        hook.done("allowed", nics=_nics(dom))
-        return
+        return "allowed", None, [], {"nics": _nics(dom)}
     decision = ipol.options.get("on_start", "allow")
     first = clashes[0]
     reason = (f"VM {dom.name}: MAC {first['mac']} is already used by {', '.join(first['used_by'])}"
               + (f" (and {len(clashes) - 1} more duplicate MAC(s))" if len(clashes) > 1 else ""))
+    fields = {"reason": reason, "clashes": clashes, "invariant": "unique_mac"}
     if decision == "refuse-start":
-        hook.done("refused", reason=reason, clashes=clashes, invariant="unique_mac",
-                  policy="unique_mac.on_start=refuse-start", level="alert")
-        raise base.Refuse(f"refusing to start {reason} (policy unique_mac.on_start: refuse-start)")
-    hook.done("allowed", reason=reason, clashes=clashes, invariant="unique_mac",
-              policy="unique_mac.on_start=allow", level="warning")
+        return ("refused", f"refusing to start {reason} (policy unique_mac.on_start: refuse-start)", clashes,
+                dict(fields, policy="unique_mac.on_start=refuse-start", level="alert"))
+    return "allowed", reason, clashes, dict(fields, policy="unique_mac.on_start=allow", level="warning")
 
 
-def _reconcile(hook: base.Hook, verify_only_if_no_daemon: bool = False) -> None:
+def _request(hook: base.Hook, request: str, dom=None, **fields):
+    """Hand the phase to the running daemon (it audits it); None when no daemon answered."""
+    event = {"request": request, "domain": dom.name if dom is not None else hook.name, "phase": hook.phase,
+             "hook": hook.kind, **fields}
+    if dom is not None:
+        event.update(uuid=dom.uuid, nics=_nics(dom))
+    answer = hook.ask(**event)
+    return answer if answer and answer.get("ok") else None
+
+
+def prepare(hook: base.Hook) -> None:
+    dom = _domain(hook)
+    answer = _request(hook, "prepare", dom)
+    if answer is not None:
+        if answer.get("result") == "refused":
+            raise base.Refuse(answer.get("reason") or "refused by netmedic's policy")
+        return
+    from netmedic import inventory
+
     policy = hook.policy()
-    networks = hook.networks()
-    dom = _domain(hook, networks)
+    inv = inventory.load(hook.cfg["domain_dir"], hook.cfg["network_dir"])
+    dom = _domain(hook, inv.networks)
+    result, reason, _clashes, fields = decide_start(policy, dom, inv.domains, base.sys_macs())
+    hook.done(result, **fields)
+    if result == "refused":
+        raise base.Refuse(reason)
+
+
+def _reconcile(hook: base.Hook) -> None:
+    dom = _domain(hook)
+    bridges = sorted({n.bridge for n in dom.nics if n.bridge})
+    if bridges and _request(hook, "reconcile", dom, bridges=bridges) is not None:
+        return  # the daemon pinned (it audited the `hook` line)
+    policy = hook.policy()
+    dom = _domain(hook, hook.networks())
     bridges = sorted({n.bridge for n in dom.nics if n.bridge and policy.in_scope(n.bridge, dom.name)})
     if not bridges:
         hook.done("nothing to do", nics=_nics(dom))
         return
-    posted = hook.post(domain=dom.name, bridges=bridges)
-    if verify_only_if_no_daemon and posted:
-        hook.done("handed to the daemon", nics=_nics(dom), bridges=bridges)
-        return
-    report = hook.engine([dom]).reconcile(trigger=hook.trigger, bridges=bridges)
+    report = hook.engine([dom] + hook.starting_domains(exclude=dom.name)).reconcile(
+        trigger=hook.trigger, bridges=bridges)
     results: dict = {}
     for o in report.outcomes:
         results[o.result] = results.get(o.result, 0) + 1
-    hook.done("reconciled", nics=_nics(dom), bridges=bridges, results=results,
-              errors=report.errors or None, daemon_notified=posted)
+    hook.done("reconciled", nics=_nics(dom), bridges=bridges, results=results, errors=report.errors or None)
 
 
 def start(hook: base.Hook) -> None:
@@ -104,7 +146,7 @@ def start(hook: base.Hook) -> None:
 
 
 def started(hook: base.Hook) -> None:
-    _reconcile(hook, verify_only_if_no_daemon=True)
+    _reconcile(hook)
 
 
 def reconnect(hook: base.Hook) -> None:
@@ -112,11 +154,12 @@ def reconnect(hook: base.Hook) -> None:
 
 
 def stopped(hook: base.Hook) -> None:
-    posted = hook.post(domain=hook.name)
+    if _request(hook, "release") is not None:
+        return
     released = hook.engine().release_domain(hook.name, trigger=hook.trigger)
     if released or hook.op == "stopped":
         hook.done("released", released=[{k: r.get(k) for k in ("kind", "mac", "port", "bridge", "result")}
-                                        for r in released], daemon_notified=posted)
+                                        for r in released])
 
 
 PHASES = {

@@ -3,6 +3,7 @@
   netmedic check    read-only report of violations, evidence and the fix (exit 0 clean, 1 violations, 2 error)
   netmedic heal     one reconcile pass (--dry-run: print the plan, change nothing)
   netmedic daemon   react to netlink events, resync periodically, until SIGTERM
+  netmedic status   the running daemon's sources, last events and last heals (exit 0 running, 2 not)
   netmedic diagnose DOMAIN  walk one VM NIC's path, name the first broken hop (exit 0 ok, 1 broken, 2 error)
   netmedic lab      build a real fault scenario in namespaces of its own and heal it
   netmedic policy check FILE

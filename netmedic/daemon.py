@@ -36,6 +36,11 @@ MAX_EVENTS_PER_TURN = 5000  # read at most this many before giving the reconcile
 DEFAULT_SOCKET = "/run/netmedic/netmedic.sock"
 STATUS_FILE = "status.json"
 HISTORY = 20  # last events / last heals kept for `netmedic status`
+HOOK_DOMAIN_TTL = 120.0  # seconds the domain a hook sent counts (libvirt's status XML exists by then)
+
+
+def _ms(t0: float) -> float:
+    return round((time.monotonic() - t0) * 1000, 2)
 
 
 def _where(exc: BaseException) -> str:
@@ -48,6 +53,30 @@ def _where(exc: BaseException) -> str:
 
 def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _remove_stale_replies(directory: str) -> None:
+    """Reply sockets (.hook-PID-TOKEN.sock) left by hooks that were killed while waiting."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith(".hook-") and name.endswith(".sock")):
+            continue
+        try:
+            os.kill(int(name.split("-")[1]), 0)
+            continue  # that hook still runs
+        except (ValueError, IndexError):
+            continue
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        try:
+            os.unlink(os.path.join(directory, name))
+        except OSError:
+            pass
 
 
 class EventSocket:
@@ -75,6 +104,7 @@ class EventSocket:
                     os.unlink(path)  # stale: its daemon is gone
                 finally:
                     probe.close()
+            _remove_stale_replies(directory)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             old = os.umask(0o177)
             try:
@@ -123,6 +153,8 @@ class EventSocket:
                 daemon.note_event("socket", f"rejected event: {exc}")
 
     def _submit(self, daemon, event: dict) -> None:
+        if "request" in event:
+            return self._answer(daemon, event)
         source = str(event.get("source", "socket"))[:64]
         what = str(event.get("event", ""))[:64]
         domain = event.get("domain")
@@ -143,6 +175,23 @@ class EventSocket:
                                      f"interface={iface}" if isinstance(iface, str) else "") if x)
         daemon.note_event(source, label + (f" bridges={','.join(bridges)}" if bridges else " (all bridges)"))
         daemon.dispatcher.submit(bridges, label)
+
+    def _answer(self, daemon, event: dict) -> None:
+        """A hook asks the daemon to do its phase now and waits for the answer (netmedic.hooks.notify
+        .request); the answer goes to the reply socket the hook bound in this (root-only) directory."""
+        reply = event.get("reply")
+        if not (isinstance(reply, str) and os.path.dirname(reply) == os.path.dirname(os.path.abspath(self.path))
+                and os.path.basename(reply).startswith(".hook-")):
+            raise ValueError(f"reply path {reply!r} is not in {os.path.dirname(self.path)}")
+        try:
+            answer = daemon.handle_request(event)
+        except Exception as exc:  # noqa: BLE001 - the hook then does the work itself
+            answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            daemon.note_event("socket", f"hook request failed: {exc!r}")
+        try:
+            self.sock.sendto(json.dumps(answer, default=str).encode("utf-8")[:4096], reply)
+        except OSError:
+            pass  # the hook gave up waiting
 
     def close(self) -> None:
         if self.sock is not None:
@@ -181,6 +230,7 @@ class Daemon:
         self._status_dirty = True
         self._status_written = 0.0
         self._source_due: dict = {}  # id(source) -> monotonic time of its next poll (None: none wanted)
+        self.hook_domains: dict = {}  # name -> (Domain a hook sent, monotonic expiry)
 
     # --- sources and status ----------------------------------------------------------------------
     def add_source(self, source) -> None:
@@ -195,6 +245,66 @@ class Daemon:
         """A source connected, disconnected, degraded: audit it and show it in the status."""
         self._audit("source_state", source=name, state=state, **fields)
         self.note_event(name, state + (f": {fields['error']}" if fields.get("error") else ""))
+
+    def handle_request(self, event: dict) -> dict:
+        """Do a libvirt hook's phase in the daemon (the hook waits): `prepare` (the duplicate-MAC
+        decision), `reconcile` (start/started/reconnect: pin now) or `release` (stopped/release)."""
+        from netmedic.hooks import base as hook_base
+        from netmedic.hooks import qemu as hook_qemu
+
+        kind = event.get("request")
+        name = event.get("domain")
+        phase = str(event.get("phase", ""))[:40]
+        trigger = f"hook:{event.get('hook', 'qemu')} {phase} (daemon)"
+        t0 = time.monotonic()
+        self.note_event(str(event.get("source", "hook"))[:64], f"{phase} {name}: {kind}")
+        common = {"hook": event.get("hook", "qemu"), "phase": phase, "domain": name,
+                  "hook_pid": event.get("hook_pid"), "handled_by": "daemon"}
+        if kind == "release":
+            if not isinstance(name, str):
+                raise ValueError("release needs a domain name")
+            self.hook_domains.pop(name, None)
+            released = self.engine.release_domain(name, trigger=trigger, mac=event.get("mac"))
+            self._audit("hook", **common, result="released", duration_ms=_ms(t0),
+                        released=[{k: r.get(k) for k in ("kind", "mac", "port", "bridge", "result")}
+                                  for r in released])
+            self.dispatcher.submit(sorted({r.get("bridge") for r in released if r.get("bridge")}) or None,
+                                   f"{phase} {name}")
+            return {"ok": True, "released": len(released)}
+        dom = hook_qemu.domain_from_request(event)
+        if kind == "prepare":
+            inv = inventory.load(self.engine.domain_dir, self.engine.network_dir, self._extra_domains())
+            result, reason, _clashes, fields = hook_qemu.decide_start(self.engine.policy, dom, inv.domains,
+                                                                      hook_base.sys_macs())
+            self._audit("hook", **common, result=result, duration_ms=_ms(t0), **fields)
+            return {"ok": True, "result": result, "reason": reason}
+        if kind == "reconcile":
+            self.hook_domains[dom.name] = (dom, time.monotonic() + HOOK_DOMAIN_TTL)
+            bridges = sorted({n.bridge for n in dom.nics if n.bridge
+                              and self.engine.policy.in_scope(n.bridge, dom.name)})
+            report = self.reconcile(bridges, trigger) if bridges else None
+            results: dict = {}
+            for o in (report.outcomes if report else []):
+                results[o.result] = results.get(o.result, 0) + 1
+            self._audit("hook", **common, result="reconciled" if bridges else "nothing to do",
+                        duration_ms=_ms(t0), nics=[{"mac": n.mac, "bridge": n.bridge, "tap": n.tap}
+                                                   for n in dom.nics], bridges=bridges, results=results,
+                        correlation_id=report.correlation_id if report else None)
+            if bridges and report is None:
+                return {"ok": False, "error": "reconcile failed"}
+            return {"ok": True, "results": results, "correlation_id": report.correlation_id if report else None}
+        raise ValueError(f"unknown request {kind!r}")
+
+    def _extra_domains(self) -> list:
+        """Domains the engine sees beyond the run-state XML: what hooks just sent (until libvirt's
+        own files/events catch up) and libvirt's live XML (the latter wins)."""
+        now = time.monotonic()
+        for name in [n for n, (_d, until) in self.hook_domains.items() if until < now]:
+            del self.hook_domains[name]
+        extra = [d for d, _until in self.hook_domains.values()]
+        for src in self.sources:
+            extra.extend(getattr(src, "extra_domains", lambda: [])())
+        return extra
 
     def bridges_of(self, domain: str):
         """The bridges of a domain the daemon knows (run-state XML or libvirt), None when unknown."""
@@ -280,11 +390,10 @@ class Daemon:
             return True
         return False
 
-    def reconcile(self, bridges, trigger: str) -> None:
-        extra = []
-        for src in self.sources:
-            extra.extend(getattr(src, "extra_domains", lambda: [])())
-        self.engine.extra_domains = extra
+    def reconcile(self, bridges, trigger: str):
+        """One engine pass; returns its Report (None when it failed)."""
+        self.engine.extra_domains = self._extra_domains()
+        report = None
         try:
             report = self.engine.reconcile(trigger=trigger, bridges=bridges)
         except NetmedicError as exc:
@@ -308,6 +417,7 @@ class Daemon:
             self.dispatcher.set_links({link.name: link for link in self.engine.ops.nl.links()})
         except NetmedicError:
             pass
+        return report
 
     def _on_signal(self, signum, _frame):
         if signum == signal.SIGHUP:

@@ -157,6 +157,9 @@ def hop_tap(c: _Ctx, hop: Hop) -> None:
     if not tap.up and n.link_up:
         v = c.about("port_forwarding", port=n.tap)
         hop.set("broken", f"tap {tap.name} is down", c.fix_for(v[0]) if v else f"ip link set {tap.name} up")
+    for v in c.about("port_forwarding", port=n.tap, kind="no_carrier"):
+        hop.set("broken", v.message + " (nothing holds the tap open: QEMU gone or the NIC unplugged)",
+                f"re-plug the NIC or restart {n.domain}")
     for v in c.about("mtu_consistency", port=n.tap):
         hop.set(v.severity, v.message, c.fix_for(v))
     if br is not None:

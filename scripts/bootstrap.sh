@@ -29,3 +29,6 @@ fi
 
 # The event-source tests' real NetworkManager, dbus-daemon, systemd-udevd and python3-dbus/gi (nothing started).
 bash scripts/nm-test-env.sh
+
+# The libvirt tests' libvirtd, virtlogd, qemu (TCG) and libvirt-python in both interpreters (nothing started).
+bash scripts/libvirt-test-env.sh

@@ -278,24 +278,103 @@ def test_reconnect_repins_a_lost_pin(netrig):
     assert is_sticky_pin(fdb_entry(topo, ns, "br0", VM_MAC), "vnet0")
 
 
-def test_started_hands_over_to_a_running_daemon(rig):
+def _fake_daemon(rig, answer):
+    """A socket that answers every hook request with `answer` (the hook waits for it)."""
     import socket
+    import threading
 
-    os.makedirs(os.path.dirname(rig.socket))
+    os.makedirs(os.path.dirname(rig.socket), exist_ok=True)
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     srv.bind(rig.socket)
+    got = []
+
+    def serve():
+        srv.settimeout(10)
+        try:
+            event = json.loads(srv.recv(4096))
+        except OSError:
+            return
+        got.append(event)
+        if answer is not None:
+            srv.sendto(json.dumps(answer).encode(), event["reply"])
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return srv, t, got
+
+
+def test_start_hands_the_work_to_a_running_daemon(rig):
+    srv, t, got = _fake_daemon(rig, {"ok": True, "results": {"healed": 1}})
     try:
-        proc = rig.call("qemu", "vm1", "started", "begin",
-                        _domain_xml("vm1", [(VM_MAC, "br7", "vnet7")]).encode())
-        assert proc.returncode == 0
-        srv.settimeout(2)
-        event = json.loads(srv.recv(4096))
+        proc = rig.call("qemu", "vm1", "start", "begin", _domain_xml("vm1", [(VM_MAC, "br7", "vnet7")]).encode())
+        t.join(5)
     finally:
         srv.close()
-    assert event == {"domain": "vm1", "bridges": ["br7"], "source": "libvirt-qemu-hook",
-                     "event": "started begin"}
-    assert rig.audit("hook")[0]["result"] == "handed to the daemon"
+    assert (proc.returncode, proc.stderr) == (0, b"")
+    [event] = got
+    assert event["request"] == "reconcile" and event["domain"] == "vm1" and event["bridges"] == ["br7"]
+    assert event["nics"] == [{"mac": VM_MAC, "bridge": "br7", "tap": "vnet7", "type": "bridge"}]
+    assert event["reply"].startswith(os.path.dirname(rig.socket) + "/.hook-")
+    assert not os.path.exists(event["reply"])  # the hook removed its reply socket
+    assert rig.audit() == []  # the daemon audits a phase it did
     assert notify.post({"x": 1}, rig.socket) is False  # nobody listens any more
+
+
+def test_prepare_refusal_decided_by_the_daemon(rig):
+    srv, t, got = _fake_daemon(rig, {"ok": True, "result": "refused", "reason": "refusing to start VM vm1: X"})
+    try:
+        proc = rig.call("qemu", "vm1", "prepare", "begin", _domain_xml("vm1", [(VM_MAC, "br7", None)]).encode())
+        t.join(5)
+    finally:
+        srv.close()
+    assert proc.returncode == 1 and proc.stderr == b"netmedic: refusing to start VM vm1: X\n"
+
+
+def test_silent_daemon_means_the_hook_does_the_work(tmp_path):
+    rig = HookRig(tmp_path)
+    script = hooks.render_script("qemu", sys.executable, dict(rig.env, NETMEDIC_HOOK_DAEMON_TIMEOUT="0.3"),
+                                 pythonpath=ROOT)
+    (tmp_path / "hook-qemu").write_text(script)
+    _other_vm_running(rig)
+    rig.set_policy({"invariants": {"unique_mac": {"on_start": "refuse-start"}}})
+    srv, t, got = _fake_daemon(rig, None)  # takes the request, never answers
+    try:
+        proc = rig.call("qemu", "vm1", "prepare", "begin", _domain_xml("vm1", [(VM_MAC, "br0", None)]).encode())
+    finally:
+        srv.close()
+    assert proc.returncode == 1 and b"VM other" in proc.stderr
+    assert got and rig.audit("hook")[0]["result"] == "refused"
+
+
+def test_hook_and_real_daemon(netrig, tmp_path):
+    """The real daemon (on the rig's run-state directory) does start/stopped for the hook."""
+    from tests.conftest import nm_env
+
+    topo, ns = netrig.topo, netrig.ns
+    log = open(tmp_path / "daemon.log", "w")
+    daemon = topo.spawn(ns, sys.executable, "-m", "netmedic", "daemon", "--domain-xml-dir",
+                        str(netrig.domain_dir), "--network-xml-dir", str(netrig.network_dir), "--policy",
+                        netrig.policy, "--audit-log", netrig.audit_log, "--state-dir", netrig.state_dir,
+                        "--socket", netrig.socket, "--libvirt-uri", "none", "--resync", "3600",
+                        env=nm_env(), stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    deadline = time.monotonic() + 20
+    while not os.path.exists(netrig.socket) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    xml = _domain_xml("vm1", [(VM_MAC, "br0", "vnet0")]).encode()
+    t0 = time.monotonic()
+    proc = netrig.call("qemu", "vm1", "start", "begin", xml)
+    took = time.monotonic() - t0
+    assert (proc.returncode, proc.stderr) == (0, b"")
+    assert is_sticky_pin(fdb_entry(topo, ns, "br0", VM_MAC), "vnet0")
+    [line] = netrig.audit("hook")
+    assert line["handled_by"] == "daemon" and line["results"] == {"healed": 1}, line
+    assert took < 5
+    proc = netrig.call("qemu", "vm1", "stopped", "end", xml)
+    assert proc.returncode == 0
+    assert fdb_entry(topo, ns, "br0", VM_MAC) is None and netrig.records() == {}
+    assert netrig.audit("hook")[-1]["result"] == "released"
+    topo._stop_process(daemon, [])
 
 
 # --- the network hook ----------------------------------------------------------------------------
@@ -336,3 +415,33 @@ def test_network_hook_never_fails(rig):
         assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"", b"")
     proc = rig.call("network", "lan", "stopped", "end", b"")
     assert proc.returncode == 0
+
+
+def test_status_without_a_daemon(tmp_path):
+    from tests.conftest import nm_env
+
+    proc = subprocess.run([sys.executable, "-m", "netmedic", "status", "--socket", str(tmp_path / "x.sock")],
+                          capture_output=True, text=True, env=nm_env(), timeout=30)
+    assert proc.returncode == 2 and "is `netmedic daemon` running?" in proc.stderr
+
+
+def test_concurrent_starts_keep_each_others_pins(netrig):
+    """libvirt writes a domain's run-state XML only after `start begin` (measured: it appears before
+    `started begin`). VM1 pinned at its `start begin` and has no XML yet when VM2's `start begin`
+    reconciles the same bridge: VM1's fresh pin must survive. Once VM1's tap is gone, its record goes."""
+    topo, ns = netrig.topo, netrig.ns
+    guest2 = topo.netns("guest2", ipv6=False)
+    topo.veth(ns, "vnet1", guest2, "eth0", mac_a=labnet.tap_mac_for(OTHER_MAC), mac_b=OTHER_MAC)
+    topo.enslave(ns, "vnet1", "br0")
+    assert netrig.call("qemu", "vm1", "start", "begin", _domain_xml("vm1", [(VM_MAC, "br0", "vnet0")]).encode()
+                       ).returncode == 0
+    assert netrig.call("qemu", "vm2", "start", "begin", _domain_xml("vm2", [(OTHER_MAC, "br0", "vnet1")]).encode()
+                       ).returncode == 0
+    assert is_sticky_pin(fdb_entry(topo, ns, "br0", VM_MAC), "vnet0")
+    assert is_sticky_pin(fdb_entry(topo, ns, "br0", OTHER_MAC), "vnet1")
+    assert sorted(r["domain"] for r in netrig.records().values()) == ["vm1", "vm2"]
+    topo._ipn(ns, "link", "del", "vnet0")  # VM1's qemu died without hooks: the tap went with it
+    (netrig.domain_dir / "vm2.xml").write_text(_domain_xml("vm2", [(OTHER_MAC, "br0", "vnet1")], status=True))
+    assert netrig.call("qemu", "vm2", "started", "begin", _domain_xml("vm2", [(OTHER_MAC, "br0", "vnet1")]).encode()
+                       ).returncode == 0
+    assert [r["domain"] for r in netrig.records().values()] == ["vm2"]

@@ -239,3 +239,19 @@ def test_leases_and_neighbours_from_captured_files(tmp_path):
                    "192.168.122.50   0x1         0x2         52:54:00:00:00:01     *        virbr0\n"
                    "192.168.122.51   0x1         0x0         52:54:00:00:00:01     *        virbr0\n")
     assert hostfacts.neighbours(MAC1, str(arp)) == [("192.168.122.50", "virbr0")]
+
+
+def test_the_schema_validator_rejects_what_the_schema_forbids():
+    import pytest
+    from diagnose_helpers import load_schema, validate
+
+    schema = load_schema()
+    hop = {"number": 1, "name": "nic", "title": "t", "verdict": "ok", "summary": "", "evidence": {}, "fix": None}
+    good = {"schema_version": 1, "domain": "d", "nic": {"mac": MAC1, "tap": "vnet0", "bridge": "br0", "network": None},
+            "verdict": "healthy", "headline": "h", "first_broken": None, "vm_ip": None, "probe": False,
+            "hops": [dict(hop, number=i + 1) for i in range(9)], "errors": []}
+    validate(good, schema)
+    for bad in (dict(good, verdict="fine"), dict(good, hops=good["hops"][:8]), dict(good, extra=1),
+                dict(good, hops=[dict(hop, verdict="maybe")] * 9), {k: v for k, v in good.items() if k != "nic"}):
+        with pytest.raises(AssertionError):
+            validate(bad, schema)

@@ -89,6 +89,21 @@ for _name in _dispatcher_names():
     LAYOUT[f"/usr/lib/NetworkManager/dispatcher.d/{_name}"] = ("exe", 0o755, None)
 PY_MODULES = ("netmedic/__init__.py", "netmedic/cli.py", "netmedic/daemon.py", "netmedic/healers/fdb_pin.py",
               "netmedic/policies/config.py", "netmedic/policies/default.yaml", "netmedic/dispatcher/__init__.py")
+
+
+def _source_modules():
+    """Every module of the netmedic package in the tree (following netmedic/healers -> ../healers etc.)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(os.path.join(ROOT, "netmedic"), followlinks=True):
+        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+        if "__init__.py" not in filenames:
+            dirnames[:] = []
+            continue
+        rel = os.path.relpath(dirpath, ROOT)
+        out += [os.path.join(rel, f) for f in filenames if f.endswith(".py")]
+    return sorted(out)
+
+
 RPM_ONLY = {"/usr/lib/systemd/system-preset/90-netmedic.preset"}  # Debian enables units in postinst
 # Runtime dependencies: (Debian name, EL9 name), and the weak ones.
 DEPENDS = [("python3-pyroute2", "python3-pyroute2"), ("python3-structlog", "python3-structlog"),
@@ -182,6 +197,8 @@ def check_layout(entries, what):
             assert got_mode == mode, f"{what}: {path} mode {oct(got_mode)}, expected {oct(mode)}"
     for mod in PY_MODULES:
         assert "{sitelib}/" + mod in entries, f"{what}: Python module {mod} missing"
+    missing = [m for m in _source_modules() if "{sitelib}/" + m not in entries]
+    assert missing == [], f"{what}: modules of the tree not packaged (setup.cfg packages?): {missing}"
     assert "{sitelib}/netmedic.dist-info/entry_points.txt" in entries
     # no other file or link (directories: only those leading to these)
     extra = [p for p, e in entries.items() if e[0] != "dir" and p not in LAYOUT
@@ -415,8 +432,8 @@ def test_deb_install_run_remove_purge(installed_deb):
             real = os.path.realpath(path)
             with open(real) as fh:
                 assert fh.readline().startswith("#!/usr/bin/python3"), real
-            run(["/usr/bin/python3", "-c", "import py_compile, sys; py_compile.compile(sys.argv[1], "
-                 "cfile='/dev/null', doraise=True)", real])
+            run(["/usr/bin/python3", "-c", "import sys; compile(open(sys.argv[1], 'rb').read(), sys.argv[1], "
+                 "'exec', dont_inherit=True)", real])  # what py_compile checks, writing no byte-code
             assert os.access(path, os.X_OK)
     with open("/usr/lib/udev/rules.d/90-netmedic.rules") as fh:
         rule = fh.read()

@@ -1,0 +1,38 @@
+"""Keeps bench/ from rotting: a quick run of the reconcile figure at a small scale. Asserts on the
+structure and the counts the run produces, never on timings (the machine is shared and noisy)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_bench_quick_reconcile(tmp_path):
+    out, raw = tmp_path / "benchmarks.md", tmp_path / "results.json"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "reconcile", "--out", str(out),
+                           "--json", str(raw)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(raw.read_text())
+    rec = res["reconcile"]
+    n = res["scale"]["repeat"]
+    assert res["host"]["vms"] == res["scale"]["vms"] == rec["vm_nics"]
+    # the VM pins plus the LAN entries the setup asked for, plus the ports' own (local) entries
+    assert rec["fdb_entries"] >= res["scale"]["fdb"]
+    for key in ("baseline", "engine", "command"):
+        assert len(rec[key]) == n and all(t > 0 for t in rec[key])
+        assert rec["summary"][key]["n"] == n
+    assert rec["violations"] == [0] * n, "the host is protected already: a pass must find nothing"
+    assert rec["changed"] == [False] * n and rec["command_rc"] == [0] * n and not rec["errors"]
+    for key in ("nproc", "kernel", "python", "pyroute2", "structlog", "date"):
+        assert res["machine"][key]
+    text = out.read_text()
+    assert "| figure | setup | baseline (same run) | result | ratio | target | met? |" in text
+    assert "full reconcile, in-process" in text and "`netmedic heal` command" in text
+    # every namespace the run made is gone
+    assert res["namespaces"], "the run must say which namespaces it made"
+    for ns in res["namespaces"]:
+        assert not os.path.exists(os.path.join("/run/netns", ns)), f"{ns} was left behind"
