@@ -25,20 +25,17 @@ from __future__ import annotations
 
 import os
 
+from netmedic.notify import SETTINGS
+
+# The same variables and defaults as the dispatcher and udev programs, plus the hook's own timeouts.
 DEFAULTS = {
-    "policy": ("NETMEDIC_POLICY", None),
-    "audit_log": ("NETMEDIC_AUDIT_LOG", "/var/log/netmedic/audit.jsonl"),
-    "state_dir": ("NETMEDIC_STATE_DIR", "/var/lib/netmedic"),
-    "domain_dir": ("NETMEDIC_DOMAIN_XML_DIR", "/run/libvirt/qemu"),
-    "network_dir": ("NETMEDIC_NETWORK_XML_DIR", "/run/libvirt/network"),
-    "socket": ("NETMEDIC_SOCKET", "/run/netmedic/netmedic.sock"),
+    **SETTINGS,
     "timeout": ("NETMEDIC_HOOK_TIMEOUT", "15"),
     "daemon_timeout": ("NETMEDIC_HOOK_DAEMON_TIMEOUT", "5"),
 }
 SCRIPTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts")
 INSTALL_PATHS = {"qemu": "/etc/libvirt/hooks/qemu.d/netmedic",
                  "network": "/etc/libvirt/hooks/network.d/netmedic"}
-PREAMBLE_MARK = "# --- settings (render_script puts environment overrides here) ---"
 
 
 def settings(environ=None) -> dict:
@@ -49,21 +46,8 @@ def settings(environ=None) -> dict:
 def render_script(kind: str, python: str, env=None, pythonpath=None) -> str:
     """The entry script for `kind` ('qemu' or 'network') with an absolute interpreter, environment
     overrides (NETMEDIC_* names) and an optional import path (a checkout) written into it."""
+    from netmedic.sources import render_entry
+
     if kind not in INSTALL_PATHS:
         raise ValueError(f"unknown hook {kind!r}")
-    if not os.path.isabs(python):
-        raise ValueError("the interpreter must be an absolute path (libvirt gives hooks no useful PATH)")
-    with open(os.path.join(SCRIPTS_DIR, kind), encoding="utf-8") as fh:
-        lines = fh.read().splitlines(True)
-    lines[0] = f"#!{python} -I\n"
-    extra = []
-    for var, value in sorted((env or {}).items()):
-        if not var.startswith("NETMEDIC_"):
-            raise ValueError(f"not a netmedic setting: {var}")
-        extra.append(f"os.environ[{var!r}] = {str(value)!r}\n")
-    if pythonpath:
-        extra.append(f"sys.path.insert(0, {str(pythonpath)!r})\n")
-    text = "".join(lines)
-    if PREAMBLE_MARK not in text:
-        raise ValueError(f"{kind} entry script has no settings mark")
-    return text.replace(PREAMBLE_MARK + "\n", PREAMBLE_MARK + "\n" + "".join(extra), 1)
+    return render_entry(os.path.join(SCRIPTS_DIR, kind), python, env, pythonpath)

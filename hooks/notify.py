@@ -13,31 +13,8 @@ import json
 import os
 import socket
 
-DEFAULT_SOCKET = "/run/netmedic/netmedic.sock"
-MAX_EVENT_BYTES = 4096
-
-
-def socket_path() -> str:
-    return os.environ.get("NETMEDIC_SOCKET") or DEFAULT_SOCKET
-
-
-def post(event: dict, path=None, timeout: float = 0.2) -> bool:
-    """True when the daemon's socket took the event."""
-    data = json.dumps(event, separators=(",", ":"), default=str).encode("utf-8")
-    if len(data) > MAX_EVENT_BYTES:
-        return False
-    try:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    except OSError:
-        return False
-    try:
-        sock.settimeout(timeout)
-        sock.sendto(data, path or socket_path())
-        return True
-    except OSError:  # ENOENT / ECONNREFUSED: no daemon; EAGAIN/timeout: it is busy
-        return False
-    finally:
-        sock.close()
+# One client for the event socket: the dispatcher script's and udev's (stdlib only as well).
+from netmedic.notify import DEFAULT_SOCKET, MAX_EVENT_BYTES, post, socket_path  # noqa: F401
 
 
 def request(event: dict, path=None, timeout: float = 5.0):

@@ -13,15 +13,14 @@ INSTALL_PATHS = {"netmedic": "/usr/lib/NetworkManager/dispatcher.d/90-netmedic",
 PREAMBLE_MARK = "# --- settings (render_script puts environment overrides here) ---"
 
 
-def render_script(name: str, python: str, env=None, pythonpath=None) -> str:
-    """dispatcher/scripts/NAME with an absolute interpreter, NETMEDIC_* settings and an optional import
-    path (a checkout) written into it: the dispatcher and udev give their programs no useful
-    environment, so a test (or an admin wanting other paths) installs such a copy."""
-    if name not in ("netmedic", "netmedic-udev"):
-        raise ValueError(f"unknown script {name!r}")
+def render_entry(path: str, python: str, env=None, pythonpath=None) -> str:
+    """The entry script at `path` with an absolute interpreter, NETMEDIC_* settings and an optional
+    import path (a checkout) written into it. libvirt, the NetworkManager dispatcher and udev give
+    their programs no useful environment, so a test (or an admin wanting other paths) installs such a
+    copy. Shared by the libvirt hooks (netmedic.hooks.render_script) and the scripts here."""
     if not os.path.isabs(python):
-        raise ValueError("the interpreter must be an absolute path (no PATH is given)")
-    with open(os.path.join(SCRIPTS_DIR, name), encoding="utf-8") as fh:
+        raise ValueError("the interpreter must be an absolute path (no useful PATH is given)")
+    with open(path, encoding="utf-8") as fh:
         lines = fh.read().splitlines(True)
     lines[0] = f"#!{python} -I\n"
     extra = []
@@ -33,8 +32,15 @@ def render_script(name: str, python: str, env=None, pythonpath=None) -> str:
         extra.append(f"sys.path.insert(0, {str(pythonpath)!r})\n")
     text = "".join(lines)
     if PREAMBLE_MARK not in text:
-        raise ValueError(f"{name} has no settings mark")
+        raise ValueError(f"{os.path.basename(path)} has no settings mark")
     return text.replace(PREAMBLE_MARK + "\n", PREAMBLE_MARK + "\n" + "".join(extra), 1)
+
+
+def render_script(name: str, python: str, env=None, pythonpath=None) -> str:
+    """dispatcher/scripts/NAME rendered by render_entry()."""
+    if name not in ("netmedic", "netmedic-udev"):
+        raise ValueError(f"unknown script {name!r}")
+    return render_entry(os.path.join(SCRIPTS_DIR, name), python, env, pythonpath)
 
 
 def render_udev_rule(program: str) -> str:
