@@ -413,10 +413,8 @@ class Daemon:
         inv = self.engine.inventory
         if inv is not None:
             self.dispatcher.set_inventory(inv.nics)
-        try:
-            self.dispatcher.set_links({link.name: link for link in self.engine.ops.nl.links()})
-        except NetmedicError:
-            pass
+        if self.engine.last_links is not None:  # no second link dump: the pass's own observation
+            self.dispatcher.set_links(self.engine.last_links)
         return report
 
     def _on_signal(self, signum, _frame):

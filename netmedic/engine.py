@@ -63,6 +63,7 @@ class Engine:
         self.sleep = sleep
         self.seen: Optional[set] = None  # violation keys seen by the previous pass (daemon: audit news only)
         self._seen_bridge: dict = {}
+        self.last_links: Optional[dict] = None  # the links of the latest observation (name -> LinkInfo)
         self.inventory = None
         self.extra_domains: list = []  # inventory.Domain objects not (yet) in the run-state directory
 
@@ -123,6 +124,7 @@ class Engine:
             for rnd in range(MAX_ROUNDS):
                 try:
                     snap = self.observe(bridges)
+                    self.last_links = snap.links
                 except NetmedicError as exc:
                     report.errors.append(f"observation failed: {exc}")
                     self._audit("error", error=f"observation failed: {exc}")
