@@ -261,6 +261,27 @@ def _xml_files(directory: Optional[str]) -> Iterable[str]:
                   if f.endswith(".xml") and not f.startswith("."))
 
 
+# The daemon reads the run-state directory at every reconcile: a file that has not changed (same inode,
+# size and mtime, same networks) is not parsed again. Errors are not cached.
+_DOMAIN_CACHE: dict = {}
+
+
+def _parse_domain_cached(path: str, networks: dict, net_sig: tuple) -> Domain:
+    try:
+        st = os.stat(path)
+        key = (st.st_ino, st.st_size, st.st_mtime_ns, net_sig)
+    except OSError:
+        return parse_domain(path, networks)
+    hit = _DOMAIN_CACHE.get(path)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    dom = parse_domain(path, networks)
+    if len(_DOMAIN_CACHE) > 20000:
+        _DOMAIN_CACHE.clear()
+    _DOMAIN_CACHE[path] = (key, dom)
+    return dom
+
+
 def load(domain_dir: Optional[str], network_dir: Optional[str], extra_domains: Iterable = ()) -> Inventory:
     """Read every domain and network file; bad files become errors, never exceptions. `extra_domains`
     (Domain objects, e.g. the one a libvirt hook is called for) replace files of the same name."""
@@ -273,9 +294,10 @@ def load(domain_dir: Optional[str], network_dir: Optional[str], extra_domains: I
         except InventoryError as exc:
             errors.append(exc)
     domains: dict = {}
+    net_sig = tuple(sorted((n.name, n.bridge) for n in networks.values()))
     for path in _xml_files(domain_dir):
         try:
-            dom = parse_domain(path, networks)
+            dom = _parse_domain_cached(path, networks, net_sig)
         except InventoryError as exc:
             errors.append(exc)
             continue

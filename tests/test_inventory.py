@@ -393,3 +393,22 @@ def test_cli_check_with_a_hostile_domain_file(tmp_path):
     assert errors == [f"netmedic: error: {hostile}:3: DOCTYPE/ENTITY declarations are refused "
                       "(entity expansion)"]
     assert "root:" not in proc.stdout + proc.stderr
+
+
+def test_unchanged_domain_files_are_not_parsed_again_but_changed_ones_are(tmp_path, monkeypatch):
+    from netmedic import inventory as inv_mod
+
+    d = tmp_path / "qemu"
+    d.mkdir()
+    f = d / "vm1.xml"
+    f.write_text("<domain><name>vm1</name><devices><interface type='bridge'><mac address='52:54:00:00:00:01'/>"
+                 "<source bridge='br0'/><target dev='vnet0'/></interface></devices></domain>")
+    calls = []
+    real = inv_mod.parse_domain
+    monkeypatch.setattr(inv_mod, "parse_domain", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    first = inv_mod.load(str(d), None)
+    second = inv_mod.load(str(d), None)
+    assert first.domains == second.domains and len(calls) == 1
+    f.write_text(f.read_text().replace("vnet0", "vnet12"))  # same name, other tap (VM restarted)
+    third = inv_mod.load(str(d), None)
+    assert len(calls) == 2 and third.domains["vm1"].nics[0].tap == "vnet12"
