@@ -50,8 +50,9 @@ class Guard:
                                f"after the cooldown; paused for {limits.breaker_cooldown:g}s")
             return False, (f"circuit breaker tripped: broken again after each of {limits.breaker_trips} "
                            f"fixes within {limits.breaker_window:g}s; paused for {limits.breaker_cooldown:g}s")
-        if s["failures"] >= limits.max_attempts:
-            return False, f"gave up after {s['failures']} failed attempts"
+        if s["failures"] >= limits.max_attempts and s["next_try"] > now:
+            return False, (f"gave up after {s['failures']} failed attempts; one more try at "
+                           f"{_iso(s['next_try'])}")
         if s["next_try"] > now:
             return False, f"backing off after a failed attempt until {_iso(s['next_try'])}"
         s["actions"] = self._recent(s["actions"], now, limits.rate_window)
@@ -83,6 +84,8 @@ class Guard:
         s = self._subject(key)
         s["failures"] += 1
         delay = min(limits.backoff_initial * (2 ** (s["failures"] - 1)), limits.backoff_max)
+        if s["failures"] >= limits.max_attempts:  # given up: one more try only after backoff_max
+            delay = limits.backoff_max
         s["next_try"] = self.clock() + delay
 
     def next_retry(self, keys) -> Optional[float]:

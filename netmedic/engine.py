@@ -142,7 +142,7 @@ class Engine:
                     outcome = self._handle(v, snap, guard)
                     handled[v.key] = outcome
                     report.outcomes.append(outcome)
-                    acted = acted or outcome.result == "healed"
+                    acted = acted or outcome.result in ("healed", "superseded")
                 if not acted:
                     break
             guard.prune(keys_now)
@@ -191,10 +191,16 @@ class Engine:
                 applied.append(step)
         except NetmedicError as exc:
             self._rollback(applied, fields)
-            guard.failed(v.key, ipol.limits)
             ms = _ms(t0)
-            self._audit("failed", **fields, result="failed", reason=str(exc), duration_ms=ms)
-            return Outcome(v, "failed", str(exc), plan, duration_ms=ms)
+            if self._still_violated(v, ipol):
+                guard.failed(v.key, ipol.limits)
+                self._audit("failed", **fields, result="failed", reason=str(exc), duration_ms=ms)
+                return Outcome(v, "failed", str(exc), plan, duration_ms=ms)
+            # The host changed under the fix (e.g. NetworkManager detached the tap while it was being
+            # pinned): not a failure of the fix, so no backoff; the next round sees the new state.
+            why = f"{exc} — the host changed meanwhile: observing again"
+            self._audit("failed", **fields, result="superseded", reason=why, duration_ms=ms)
+            return Outcome(v, "superseded", why, plan, duration_ms=ms)
         verified, after = self._verify(healer, v, ipol)
         ms = _ms(t0)
         if verified:
@@ -217,6 +223,15 @@ class Engine:
         if self.seen is None or v.key not in self.seen:
             self._audit("planned", **fields, result=result, reason=reason)
         return Outcome(v, result, reason, plan)
+
+    def _still_violated(self, v: Violation, ipol) -> bool:
+        """Is this exact violation still observed (after a step failed)?"""
+        try:
+            snap = self.observe([v.subject.bridge] if v.subject.bridge else None,
+                                firewall=v.invariant == "bridge_netfilter")
+        except NetmedicError:
+            return True
+        return v.key in {x.key for x in INVARIANTS[v.invariant].check(snap, ipol.options)}
 
     def _verify(self, healer, v: Violation, ipol):
         """Observe again (only the subject's bridge), with bounded retries."""

@@ -120,16 +120,26 @@ def test_success_resets_failures_and_backoff(guard, clock):
 
 
 def test_attempt_cap(guard, clock):
-    lim = limits(max_attempts=3, backoff_initial=1.0, backoff_max=1.0)
-    for _ in range(3):
-        assert guard.admit("a", lim)[0]
+    """After max_attempts failures netmedic gives up on the subject for backoff_max, then tries once
+    more (never a permanent lock-out: the host may have changed); a success resets the count."""
+    lim = limits(max_attempts=3, backoff_initial=1.0, backoff_max=300.0)
+    for i in range(3):
+        assert guard.admit("a", lim)[0], i
         guard.acted("a")
         guard.failed("a", lim)
-        clock.advance(1.0)
+        clock.advance(4.0)  # past the doubling backoffs 1 s and 2 s
     ok, why = guard.admit("a", lim)
-    assert not ok and why == "gave up after 3 failed attempts"
-    clock.advance(86000)  # giving up is not a timeout
+    assert not ok and why.startswith("gave up after 3 failed attempts; one more try at ")
+    clock.advance(250.0)
     assert not guard.admit("a", lim)[0]
+    clock.advance(50.0)
+    assert guard.admit("a", lim)[0]  # one more try
+    guard.acted("a")
+    guard.failed("a", lim)
+    assert not guard.admit("a", lim)[0]  # failed again: given up for another backoff_max
+    clock.advance(300.0)
+    assert guard.admit("a", lim)[0]
+    guard.succeeded("a")
     guard.forget("a")  # the subject changed (e.g. the VM restarted)
     assert guard.admit("a", lim)[0]
 
