@@ -499,3 +499,72 @@ def test_daemon_reconnects_after_libvirtd_restart(lv, clean):
 def test_policy_file_shape_is_valid_for_the_tests(lv):
     with open(lv.policy) as fh:
         assert yaml.safe_load(fh)["scope"]["bridges"] == [BRIDGE]
+
+
+def test_vm_ip_from_a_real_dnsmasq_lease(lv, clean):
+    """A libvirt NAT network (203.0.113.0/24, libvirt's own dnsmasq in libvirtd's namespace) and a
+    running VM on it; a DHCP client (busybox udhcpc) in a namespace of its own, on a veth into the
+    network's bridge and with the VM NIC's MAC, takes a real lease; `netmedic diagnose VM --json`, on
+    libvirt's run-state directories and lease files, reports that address from the lease."""
+    busybox = shutil.which("busybox", path=CLEAN_ENV["PATH"])
+    if busybox is None:
+        pytest.skip("busybox is not installed (scripts/libvirt-test-env.sh)")
+    net, natbr, name, mac, tap = f"{TAG}-nat", f"{TAG}nat", f"{TAG}-ip", _mac(14), _tap(14)
+    path = lv.tmp / f"{net}.xml"
+    path.write_text(f"<network><name>{net}</name><forward mode='nat'/><bridge name='{natbr}' stp='off' delay='0'/>"
+                    "<ip address='203.0.113.1' netmask='255.255.255.0'><dhcp>"
+                    "<range start='203.0.113.100' end='203.0.113.150'/></dhcp></ip></network>")
+    assert not os.path.exists(f"/etc/libvirt/qemu/networks/{net}.xml")
+    lv.virsh("net-define", str(path))
+    try:
+        lv.virsh("net-start", net)
+        clean.add(name)
+        xml = domain_xml(name, []).replace(
+            "<video>", f"<interface type='network'><mac address='{mac}'/><source network='{net}'/>"
+            f"<target dev='{tap}'/><model type='virtio'/><rom enabled='no'/></interface><video>")
+        (lv.tmp / f"{name}.xml").write_text(xml)
+        lv.virsh("create", str(lv.tmp / f"{name}.xml"))
+        client = lv.topo.netns("dhcp", ipv6=False)
+        lv.topo.veth(lv.ns, f"{TAG}d", client, "eth0", mac_b=mac)
+        lv.topo.enslave(lv.ns, f"{TAG}d", natbr)
+        # -B: broadcast replies (the VM's tap on the same bridge has the same MAC); -s /bin/true: no
+        # address configured, the lease is all this test wants
+        got = lv.topo.run(client, busybox, "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-B", "-s", "/bin/true",
+                          "-t", "10", "-T", "1", "-x", "hostname:nmlease", check=False, timeout=60)
+        assert got.returncode == 0, got.stdout + got.stderr
+        proc = lv.topo.run(lv.ns, sys.executable, "-m", "netmedic", "diagnose", name, "--nic", mac, "--json",
+                           "--domain-xml-dir", "/run/libvirt/qemu", "--network-xml-dir", "/run/libvirt/network",
+                           "--policy", lv.policy, "--audit-log", lv.audit_log, "--state-dir", lv.state_dir,
+                           env=nm_env(), check=False, timeout=60)
+        assert proc.returncode in (0, 1), proc.stderr
+        report = json.loads(proc.stdout)
+        [hop] = [h for h in report["hops"] if h["number"] == 8]
+        ev = hop["evidence"]
+        assert hop["verdict"] == "ok" and ev["source"] == "dhcp_lease", hop
+        assert ev["file"] == f"/var/lib/libvirt/dnsmasq/{natbr}.status" and ev["hostname"] == "nmlease", ev
+        assert ev["address"].startswith("203.0.113.") and 100 <= int(ev["address"].rsplit(".", 1)[1]) <= 150
+        with open(ev["file"]) as fh:  # the lease libvirt's dnsmasq wrote
+            assert [lease["ip-address"] for lease in json.load(fh) if lease["mac-address"] == mac] == [ev["address"]]
+    finally:
+        lv.destroy(name)
+        pidfile = f"/run/libvirt/network/{net}.pid"
+        lv.virsh("net-destroy", net, check=False)
+        lv.virsh("net-undefine", net, check=False)
+        try:  # libvirt's dnsmasq for our network, should net-destroy not have ended it
+            with open(pidfile) as fh:
+                pid = int(fh.read().strip())
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if f"/{net}.conf".encode() in fh.read():
+                    os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+        for leftover in (f"/var/lib/libvirt/dnsmasq/{natbr}.status", f"/var/lib/libvirt/dnsmasq/{net}.conf",
+                         f"/var/lib/libvirt/dnsmasq/{net}.hostsfile", f"/var/lib/libvirt/dnsmasq/{net}.addnhosts",
+                         f"/etc/libvirt/qemu/networks/{net}.xml", f"/run/libvirt/network/{net}.xml", pidfile):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+        for leftover in (f"/run/libvirt/network/{net}/ports", f"/run/libvirt/network/{net}"):
+            try:  # the (empty) port directory libvirt keeps for the network after net-undefine
+                os.rmdir(leftover)
+            except OSError:
+                pass

@@ -8,6 +8,9 @@
   the installed libvirt hook is fed a domain XML at each phase and must pin the VM MAC sticky on a tap
   of the test's own, then `apt-get remove` must leave only the admin's files and `apt-get purge`
   nothing. The package is purged at the end even when a step fails.
+- With the package installed again, a libvirtd of the test's own (tests/test_libvirt.py's harness, under
+  its lock on /etc/libvirt/hooks) starts after the install and `virsh start` must pin through the
+  installed hook.
 
 The machine is shared: the install test runs only when nothing of netmedic is installed on it (else it
 is skipped, naming what is there), and it stops only the processes it started.
@@ -26,6 +29,9 @@ import tarfile
 import time
 
 import pytest
+
+from tests.conftest import is_sticky_pin
+from tests.test_libvirt import Libvirt, _foreign_hooks, _serialize, _why_not, domain_xml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "build", "packages")
@@ -319,7 +325,19 @@ def installed_packages():
 
 
 @pytest.fixture
-def installed_deb(packages):
+def libvirt_turn():
+    """The libvirt tests' lock (tests/test_libvirt.py: an flock on /etc/libvirt/hooks), held while the
+    package is installed: its hook and a libvirtd of ours never meet another run's libvirt tests."""
+    fd = _serialize() if os.path.isdir("/etc/libvirt/hooks") else None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+@pytest.fixture
+def installed_deb(packages, libvirt_turn):
     st = run(["dpkg-query", "-W", "-f", "${Status}", "netmedic"], check=False)
     if st.returncode == 0 and "not-installed" not in st.stdout:
         pytest.skip(f"netmedic is already known to dpkg here ({st.stdout.strip()}): not touching it")
@@ -509,3 +527,48 @@ def test_deb_install_run_remove_purge(installed_deb):
     assert netmedic_paths(installed_deb["files"]) == set()
     assert run(["dpkg-query", "-W", "netmedic"], check=False).returncode != 0 or \
         "not-installed" in run(["dpkg-query", "-W", "-f", "${Status}", "netmedic"], check=False).stdout
+
+
+def test_deb_hook_pins_on_virsh_start(installed_deb, tmp_path):
+    """The packaged hook (/usr/bin/python3, the distro's pyroute2, default paths) is in place before
+    a libvirtd of the test's own starts (tests/test_libvirt.py's harness: its own network namespace and
+    bridge, libvirt's real /run/libvirt): `virsh start` of a diskless qemu VM returns with the VM MAC
+    pinned static sticky on its tap, `virsh destroy` releases it. Then the package is purged."""
+    why = _why_not()
+    if why:
+        pytest.skip(why)
+    hook = "/etc/libvirt/hooks/qemu.d/netmedic"
+    assert os.path.realpath(hook) == "/usr/libexec/netmedic/libvirt-qemu-hook"
+    others = [p for p in _foreign_hooks() if p not in LAYOUT]
+    others += [p for p in ("/etc/libvirt/hooks/qemu", "/etc/libvirt/hooks/network") if os.path.exists(p)]
+    if others:  # libvirtd would run them too
+        pytest.skip(f"other libvirt hooks are installed: {', '.join(others)}")
+    name, mac, tap = f"nmpkg{os.getpid() % 100000}", "52:54:00:5a:c0:02", f"nmpkt{os.getpid() % 100000}"
+    persistent = f"/etc/libvirt/qemu/{name}.xml"
+    assert not os.path.exists(persistent)
+    lv = Libvirt(tmp_path)
+    try:
+        lv.start_libvirtd()  # after the install: libvirtd reads hooks at start only
+        (tmp_path / f"{name}.xml").write_text(domain_xml(name, [(mac, tap)]))
+        lv.virsh("define", str(tmp_path / f"{name}.xml"))
+        lv.domains.add(name)
+        lv.virsh("start", name)
+        entry = lv.pin(mac)  # read right after `virsh start` returned: no waiting
+        assert is_sticky_pin(entry, tap), entry
+        phases = [e.get("phase") for e in _audit_events() if e["event"] == "hook" and e.get("domain") == name]
+        assert phases[:3] == ["prepare begin", "start begin", "started begin"], phases
+        lv.virsh("destroy", name)
+        assert lv.pin(mac) is None
+        assert "stopped end" in [e.get("phase") for e in _audit_events() if e.get("domain") == name]
+    finally:
+        try:
+            if "libvirtd" in lv.procs:
+                lv.virsh("destroy", name, check=False)
+                lv.virsh("undefine", name, check=False)
+        finally:
+            lv.close()
+            if os.path.exists(persistent):  # libvirtd died before the undefine: the file is the test's
+                os.unlink(persistent)
+
+    run(["apt-get", "purge", "-y", "-q", "netmedic"], env=APT_ENV, timeout=300)
+    assert netmedic_paths(installed_deb["files"]) == set()
