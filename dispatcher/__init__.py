@@ -2,6 +2,11 @@
 reconcile request for the affected bridges, coalesced. Events only say *what changed*; the reconcile
 they lead to observes the whole relevant state afresh.
 
+A request names bridges and, when the event was about one VM (its tap appeared or changed, its MAC
+moved in the fdb), that VM: such a request is narrowed to the VM, so the pass looks at its taps and
+MACs only; anything else about the bridge (the bridge itself, an uplink, a timer) widens it to the
+whole bridge.
+
 Cheap by design: an fdb event for a MAC that belongs to no VM, or a link event for an interface that
 is neither a VM tap nor a VM bridge, is dropped after one dict lookup, so an event storm cannot starve
 the reconcile.
@@ -21,36 +26,53 @@ class Dispatcher:
         self.debounce = debounce  # wait this long after the last event of a burst ...
         self.max_delay = max_delay  # ... but never longer than this after its first
         self.tap_bridge: dict = {}  # VM tap name -> bridge name
+        self.tap_domain: dict = {}  # VM tap name -> domain name
         self.vm_bridges: set = set()
         self.mac_bridges: dict = {}  # VM MAC -> {bridge}
+        self.mac_domains: dict = {}  # (bridge, VM MAC) -> {domain}
         self.index_name: dict = {}  # ifindex -> name, learned from link events and observations
         self._pending: Optional[set] = set()  # None = everything
+        self._narrow: dict = {}  # bridge in _pending -> the domains it is narrowed to (absent: whole bridge)
         self._reasons: list = []
         self._first = self._last = None
 
     def set_inventory(self, nics: Iterable) -> None:
-        self.tap_bridge, self.vm_bridges, self.mac_bridges = {}, set(), {}
+        self.tap_bridge, self.tap_domain, self.vm_bridges, self.mac_bridges = {}, {}, set(), {}
+        self.mac_domains = {}
         for nic in nics:
             if not nic.bridge:
                 continue
             self.vm_bridges.add(nic.bridge)
             if nic.tap:
                 self.tap_bridge[nic.tap] = nic.bridge
+                self.tap_domain[nic.tap] = nic.domain
             self.mac_bridges.setdefault(nic.mac, set()).add(nic.bridge)
+            self.mac_domains.setdefault((nic.bridge, nic.mac), set()).add(nic.domain)
 
-    def set_links(self, links: dict) -> None:
-        self.index_name = {link.index: name for name, link in links.items()}
+    def set_links(self, links: dict, complete: bool = True) -> None:
+        """ifindex -> name from an observation: all of it (complete) or what a scoped pass saw."""
+        if complete:
+            self.index_name = {}
+        self.index_name.update({link.index: name for name, link in links.items()})
 
     # --- events -----------------------------------------------------------------------------
-    def submit(self, bridges: Optional[Iterable[str]], reason: str) -> None:
-        """Ask for a reconcile of these bridges (None: all)."""
+    def submit(self, bridges: Optional[Iterable[str]], reason: str, domains: Optional[dict] = None) -> None:
+        """Ask for a reconcile of these bridges (None: all). `domains` (bridge -> domain names) narrows
+        a bridge to those VMs, unless it is (or gets) asked for whole."""
         now = self.clock()
         if bridges is ALL or self._pending is ALL:
             self._pending = ALL
+            self._narrow = {}
         else:
-            self._pending.update(bridges)
+            bridges = set(bridges)
             if not bridges:
                 return
+            for b in bridges:
+                if domains and b in domains and (b not in self._pending or b in self._narrow):
+                    self._narrow.setdefault(b, set()).update(domains[b])
+                else:
+                    self._narrow.pop(b, None)
+            self._pending.update(bridges)
         if self._first is None:
             self._first = now
         self._last = now
@@ -66,17 +88,28 @@ class Dispatcher:
             elif ev.name:
                 self.index_name[ev.index] = ev.name
             names = {n for n in (ev.name, old) if n}
-            hit = {self.tap_bridge[n] for n in names if n in self.tap_bridge}
-            hit |= {n for n in names if n in self.vm_bridges}
+            reason = f"link {ev.action} {'/'.join(sorted(names))}"
             master = self.index_name.get(ev.master) if ev.master else None
+            taps = [n for n in names if n in self.tap_bridge]
+            if taps and not any(n in self.vm_bridges for n in names):
+                # A VM's tap: that VM on the bridge the XML names (and on the one it is a port of now).
+                narrow: dict = {}
+                for n in taps:
+                    for b in {self.tap_bridge[n], master} - {None}:
+                        if b in self.vm_bridges:
+                            narrow.setdefault(b, set()).add(self.tap_domain[n])
+                self.submit(set(narrow), reason, domains=narrow)
+                return
+            hit = {n for n in names if n in self.vm_bridges}
             if master in self.vm_bridges:
                 hit.add(master)
             if hit:
-                self.submit(hit, f"link {ev.action} {'/'.join(sorted(names))}")
+                self.submit(hit, reason)
         elif ev.kind == "fdb":
             bridges = self.mac_bridges.get(ev.mac)
             if bridges:
-                self.submit(bridges, f"fdb {ev.action} {ev.mac}")
+                self.submit(bridges, f"fdb {ev.action} {ev.mac}",
+                            domains={b: self.mac_domains.get((b, ev.mac), set()) for b in bridges})
 
     # --- the reconcile request ---------------------------------------------------------------
     def due(self) -> bool:
@@ -93,7 +126,14 @@ class Dispatcher:
         return max(0.0, min(self._last + self.debounce, self._first + self.max_delay) - now)
 
     def take(self):
-        """(bridges or None for all, reasons) and reset."""
-        pending, reasons = self._pending, self._reasons
-        self._pending, self._reasons, self._first, self._last = set(), [], None, None
-        return (None if pending is ALL else sorted(pending)), reasons
+        """(bridges or None for all, reasons) and reset (narrowed bridges are taken whole)."""
+        bridges, _domains, reasons = self.take_scoped()
+        return bridges, reasons
+
+    def take_scoped(self):
+        """(bridges or None for all, {bridge: domains} for the narrowed ones or None, reasons) and reset."""
+        pending, narrow, reasons = self._pending, self._narrow, self._reasons
+        self._pending, self._narrow, self._reasons, self._first, self._last = set(), {}, [], None, None
+        if pending is ALL:
+            return None, None, reasons
+        return sorted(pending), ({b: sorted(d) for b, d in sorted(narrow.items())} or None), reasons

@@ -32,11 +32,18 @@ def _nics(dom) -> list:
              **({"network": n.network} if n.network else {})} for n in dom.nics]
 
 
-def domain_from_request(event: dict):
-    """The inventory.Domain a hook sent the daemon (name, uuid, nics), validated like XML input."""
+def domain_from_request(event: dict, networks=None):
+    """The inventory.Domain a hook sent the daemon: its domain XML as libvirt gave it ("xml", the entry
+    script's fast path), or name, uuid and nics (netmedic.hooks.qemu's own requests); validated like
+    any XML input."""
     from netmedic import inventory
 
     name = event.get("domain")
+    if isinstance(event.get("xml"), str):
+        if not isinstance(name, str) or not name:
+            raise ValueError("a hook request needs a domain name")
+        return inventory.parse_domain(f"<domain XML of hook {event.get('phase')} {name}>", networks,
+                                      data=event["xml"].encode("utf-8"))
     nics = event.get("nics") or []
     if not isinstance(name, str) or not name or not isinstance(nics, list):
         raise ValueError("a hook request needs a domain name and a list of nics")

@@ -79,6 +79,9 @@ def _remove_stale_replies(directory: str) -> None:
             pass
 
 
+MAX_DATAGRAM = 256 * 1024  # a hook's request carries the domain XML
+
+
 class EventSocket:
     """The daemon's root-only event socket: SOCK_DGRAM, mode 0600 in a 0750 root directory, and each
     datagram's sender credentials checked (uid 0). One JSON object per datagram."""
@@ -131,7 +134,7 @@ class EventSocket:
     def on_readable(self, daemon) -> None:
         for _ in range(1000):
             try:
-                data, anc, _flags, _addr = self.sock.recvmsg(4096, socket.CMSG_SPACE(12))
+                data, anc, _flags, _addr = self.sock.recvmsg(MAX_DATAGRAM, socket.CMSG_SPACE(12))
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -177,10 +180,13 @@ class EventSocket:
         daemon.dispatcher.submit(bridges, label)
 
     def _answer(self, daemon, event: dict) -> None:
-        """A hook asks the daemon to do its phase now and waits for the answer (netmedic.hooks.notify
-        .request); the answer goes to the reply socket the hook bound in this (root-only) directory."""
+        """A hook hands its phase to the daemon. With a "reply" socket (bound by the hook in this
+        root-only directory) the hook waits for the answer: JSON (netmedic.hooks.notify.request), or
+        with "answer": "line" one text line `ok RESULT` / `error TEXT`, the refusal's reason on the next
+        line (the entry script's fast path, which imports no json). Without "reply": done, no answer."""
         reply = event.get("reply")
-        if not (isinstance(reply, str) and os.path.dirname(reply) == os.path.dirname(os.path.abspath(self.path))
+        if reply is not None and not (
+                isinstance(reply, str) and os.path.dirname(reply) == os.path.dirname(os.path.abspath(self.path))
                 and os.path.basename(reply).startswith(".hook-")):
             raise ValueError(f"reply path {reply!r} is not in {os.path.dirname(self.path)}")
         try:
@@ -188,8 +194,18 @@ class EventSocket:
         except Exception as exc:  # noqa: BLE001 - the hook then does the work itself
             answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
             daemon.note_event("socket", f"hook request failed: {exc!r}")
+        if reply is None:
+            return
+        if event.get("answer") == "line":
+            if answer.get("ok"):
+                data = f"ok {answer.get('result') or 'done'}\n{answer.get('reason') or ''}"
+            else:
+                data = f"error {answer.get('error') or 'failed'}"
+            data = data.encode("utf-8")
+        else:
+            data = json.dumps(answer, default=str).encode("utf-8")
         try:
-            self.sock.sendto(json.dumps(answer, default=str).encode("utf-8")[:4096], reply)
+            self.sock.sendto(data[:4096], reply)
         except OSError:
             pass  # the hook gave up waiting
 
@@ -231,6 +247,7 @@ class Daemon:
         self._status_written = 0.0
         self._source_due: dict = {}  # id(source) -> monotonic time of its next poll (None: none wanted)
         self.hook_domains: dict = {}  # name -> (Domain a hook sent, monotonic expiry)
+        self._known_nics: Optional[dict] = None  # domain -> its NICs, as of the latest pass
 
     # --- sources and status ----------------------------------------------------------------------
     def add_source(self, source) -> None:
@@ -271,7 +288,8 @@ class Daemon:
             self.dispatcher.submit(sorted({r.get("bridge") for r in released if r.get("bridge")}) or None,
                                    f"{phase} {name}")
             return {"ok": True, "released": len(released)}
-        dom = hook_qemu.domain_from_request(event)
+        networks = self.engine.inventory.networks if self.engine.inventory is not None else None
+        dom = hook_qemu.domain_from_request(event, networks)
         if kind == "prepare":
             inv = inventory.load(self.engine.domain_dir, self.engine.network_dir, self._extra_domains())
             result, reason, _clashes, fields = hook_qemu.decide_start(self.engine.policy, dom, inv.domains,
@@ -282,7 +300,8 @@ class Daemon:
             self.hook_domains[dom.name] = (dom, time.monotonic() + HOOK_DOMAIN_TTL)
             bridges = sorted({n.bridge for n in dom.nics if n.bridge
                               and self.engine.policy.in_scope(n.bridge, dom.name)})
-            report = self.reconcile(bridges, trigger) if bridges else None
+            report = (self.reconcile(bridges, trigger, domains={b: [dom.name] for b in bridges})
+                      if bridges else None)
             results: dict = {}
             for o in (report.outcomes if report else []):
                 results[o.result] = results.get(o.result, 0) + 1
@@ -390,12 +409,13 @@ class Daemon:
             return True
         return False
 
-    def reconcile(self, bridges, trigger: str):
-        """One engine pass; returns its Report (None when it failed)."""
+    def reconcile(self, bridges, trigger: str, domains=None):
+        """One engine pass (bridges None: everything; domains: bridge -> VMs it is narrowed to); returns
+        its Report (None when it failed)."""
         self.engine.extra_domains = self._extra_domains()
         report = None
         try:
-            report = self.engine.reconcile(trigger=trigger, bridges=bridges)
+            report = self.engine.reconcile(trigger=trigger, bridges=bridges, domains=domains)
         except NetmedicError as exc:
             self._audit("error", error=f"reconcile failed: {exc}")
         else:
@@ -413,9 +433,33 @@ class Daemon:
         inv = self.engine.inventory
         if inv is not None:
             self.dispatcher.set_inventory(inv.nics)
+            self._known_nics = _nics_by_domain(inv)
         if self.engine.last_links is not None:  # no second link dump: the pass's own observation
-            self.dispatcher.set_links(self.engine.last_links)
+            self.dispatcher.set_links(self.engine.last_links, complete=self.engine.last_links_complete)
         return report
+
+    def _submit_inventory_changes(self) -> None:
+        """The run-state XML changed (a VM started, stopped, was edited): reconcile the VMs whose NICs
+        changed, on their old and new bridges, not the whole host."""
+        try:
+            inv = inventory.load(self.engine.domain_dir, self.engine.network_dir, self._extra_domains())
+        except NetmedicError:
+            self.dispatcher.submit(None, "domain/network XML changed")
+            return
+        now = _nics_by_domain(inv)
+        before = self._known_nics
+        if before is None or inv.networks != getattr(self.engine.inventory, "networks", inv.networks):
+            self.dispatcher.submit(None, "domain/network XML changed")
+            return
+        narrow: dict = {}
+        for name in set(before) | set(now):
+            if before.get(name) != now.get(name):
+                for nic in before.get(name, frozenset()) | now.get(name, frozenset()):
+                    if nic.bridge:
+                        narrow.setdefault(nic.bridge, set()).add(name)
+        if narrow:
+            names = sorted({d for ds in narrow.values() for d in ds})
+            self.dispatcher.submit(sorted(narrow), f"domain XML changed: {', '.join(names[:5])}", domains=narrow)
 
     def _on_signal(self, signum, _frame):
         if signum == signal.SIGHUP:
@@ -484,7 +528,7 @@ class Daemon:
                         self._policy_mtime = mtime
                         self._reload_policy()
                     if self._inventory_changed():
-                        self.dispatcher.submit(None, "domain/network XML changed")
+                        self._submit_inventory_changes()
                 if self.retry_at is not None and now >= self.retry_at:
                     self.retry_at = None
                     self.dispatcher.submit(None, "retry after backoff")
@@ -493,8 +537,8 @@ class Daemon:
                     self.reconcile(None, "resync")
                     next_resync = time.monotonic() + self.resync_interval
                 elif self.dispatcher.due():
-                    bridges, reasons = self.dispatcher.take()
-                    self.reconcile(bridges, "event: " + "; ".join(reasons[:3]))
+                    bridges, domains, reasons = self.dispatcher.take_scoped()
+                    self.reconcile(bridges, "event: " + "; ".join(reasons[:3]), domains=domains)
                 self.write_status()
         finally:
             listener.close()
@@ -554,6 +598,11 @@ class Daemon:
             r, _, _ = select.select([listener], [], [], 0)
             if not r:
                 return
+
+
+def _nics_by_domain(inv) -> dict:
+    """domain name -> the set of its NICs (mac, bridge, tap, vlans, ...), as of one inventory."""
+    return {name: frozenset(dom.nics) for name, dom in inv.domains.items()}
 
 
 def render_status(status: dict, path: str) -> str:

@@ -64,6 +64,7 @@ class Engine:
         self.seen: Optional[set] = None  # violation keys seen by the previous pass (daemon: audit news only)
         self._seen_bridge: dict = {}
         self.last_links: Optional[dict] = None  # the links of the latest observation (name -> LinkInfo)
+        self.last_links_complete = False  # ... and whether that was every link of the host
         self.inventory = None
         self.extra_domains: list = []  # inventory.Domain objects not (yet) in the run-state directory
 
@@ -76,12 +77,14 @@ class Engine:
         self.inventory = inventory_mod.load(self.domain_dir, self.network_dir, self.extra_domains)
         return self.inventory
 
-    def observe(self, bridges: Optional[Iterable[str]] = None, firewall: bool = True) -> Snapshot:
+    def observe(self, bridges: Optional[Iterable[str]] = None, firewall: bool = True,
+                domains: Optional[dict] = None) -> Snapshot:
         inv = self.inventory if self.inventory is not None else self.load_inventory()
         needs = {n for name, mod in INVARIANTS.items() if self.policy.invariants[name].enabled
                  for n in getattr(mod, "NEEDS", ())}
         return observe(self.ops.nl, inv, self.state.records, bridges=bridges, in_scope=self.policy.in_scope,
-                       firewall=firewall and self.policy.invariants["bridge_netfilter"].enabled, needs=needs)
+                       firewall=firewall and self.policy.invariants["bridge_netfilter"].enabled, needs=needs,
+                       domains=domains)
 
     def check(self, snapshot: Snapshot) -> list:
         """Every violation the enabled invariants find, within the policy's scope."""
@@ -109,7 +112,11 @@ class Engine:
         return healer, plan, why
 
     # --- one reconcile pass -----------------------------------------------------------------
-    def reconcile(self, trigger: str = "manual", bridges: Optional[Iterable[str]] = None) -> Report:
+    def reconcile(self, trigger: str = "manual", bridges: Optional[Iterable[str]] = None,
+                  domains: Optional[dict] = None) -> Report:
+        """One pass over `bridges` (None: everything). `domains` (bridge -> domain names) narrows some of
+        those bridges to some VMs: the daemon's pass for a tap that appeared or a VM MAC that moved looks
+        at that VM only, not at the 250 others on its bridge."""
         cid = self.audit.new_correlation(trigger) if self.audit else "-"
         t0 = time.monotonic()
         inv = self.load_inventory()
@@ -117,14 +124,17 @@ class Engine:
         for err in inv.errors:
             self._audit("input_error", error=str(err), source=err.source, line=err.line, field=err.field)
         bridges = set(bridges) if bridges is not None else None
+        domains = ({b: set(d) for b, d in domains.items() if b in bridges} or None) \
+            if domains and bridges is not None else None
         with self.state.locked(write=not self.dry_run):
             guard = Guard(self.state.guard, self.clock)
             handled: dict = {}
             keys_now = set()
             for rnd in range(MAX_ROUNDS):
                 try:
-                    snap = self.observe(bridges)
+                    snap = self.observe(bridges, domains=domains)
                     self.last_links = snap.links
+                    self.last_links_complete = snap.links_complete
                 except NetmedicError as exc:
                     report.errors.append(f"observation failed: {exc}")
                     self._audit("error", error=f"observation failed: {exc}")
@@ -147,16 +157,19 @@ class Engine:
                     break
             guard.prune(keys_now)
             report.retry_at = guard.next_retry(keys_now)
-        current = {o.violation.key: o.violation.subject.bridge for o in report.outcomes}
+        current = {o.violation.key: o.violation.subject for o in report.outcomes}
         if self.seen is not None and bridges is not None:
-            # A scoped pass only speaks for its bridges: keep what was seen elsewhere.
-            current.update({k: b for k, b in self._seen_bridge.items() if b not in bridges})
+            # A scoped pass only speaks for what it looked at: keep what was seen elsewhere (other
+            # bridges, other VMs of a narrowed bridge, host-wide facts only a full pass judges).
+            current.update({k: subj for k, subj in self._seen_bridge.items()
+                            if k not in current and not _covered(k, subj, bridges, domains)})
         self._seen_bridge = current
         self.seen = set(current)
         self._audit("reconciled", duration_ms=round((time.monotonic() - t0) * 1000, 2),
                     violations=len(report.violations),
                     results=_count(o.result for o in report.outcomes), released=len(report.released),
-                    scope=sorted(bridges) if bridges is not None else "all")
+                    scope=sorted(bridges) if bridges is not None else "all",
+                    **({"domains": {b: sorted(d) for b, d in sorted(domains.items())}} if domains else {}))
         return report
 
     def _handle(self, v: Violation, snap: Snapshot, guard: Guard) -> Outcome:
@@ -228,7 +241,7 @@ class Engine:
         """Is this exact violation still observed (after a step failed)?"""
         try:
             snap = self.observe([v.subject.bridge] if v.subject.bridge else None,
-                                firewall=v.invariant == "bridge_netfilter")
+                                firewall=v.invariant == "bridge_netfilter", domains=_narrow_to(v))
         except NetmedicError:
             return True
         return v.key in {x.key for x in INVARIANTS[v.invariant].check(snap, ipol.options)}
@@ -241,7 +254,7 @@ class Engine:
             if attempt:
                 self.sleep(ipol.limits.verify_interval)
             try:
-                snap = self.observe(bridges, firewall=v.invariant == "bridge_netfilter")
+                snap = self.observe(bridges, firewall=v.invariant == "bridge_netfilter", domains=_narrow_to(v))
             except NetmedicError:
                 continue
             after = healer.after(snap, v)
@@ -277,7 +290,7 @@ class Engine:
         dup_macs = _duplicate_macs(snap)
         released = []
         for key, rec in sorted(self.state.records.items()):
-            if not snap.observed(rec.get("bridge")) or rec.get("domain") in unreadable:
+            if not snap.covers(rec.get("bridge"), rec.get("domain")) or rec.get("domain") in unreadable:
                 continue
             if not self.policy.in_scope(rec.get("bridge"), rec.get("domain")):
                 continue
@@ -359,6 +372,23 @@ class Engine:
                 self._audit("released", record=rec, reason=f"domain {domain} stopped",
                             steps=[s.description for s in steps])
         return released
+
+
+def _narrow_to(v: Violation) -> Optional[dict]:
+    """The observation that verifies a fix of one VM's violation looks at that VM only."""
+    if v.subject.bridge and v.subject.domain:
+        return {v.subject.bridge: {v.subject.domain}}
+    return None
+
+
+def _covered(key, subject: Subject, bridges: set, domains: Optional[dict]) -> bool:
+    """Would a pass over `bridges` narrowed by `domains` have seen this violation again if it still held?"""
+    if subject.bridge not in bridges:
+        return False
+    if key.startswith("unique_mac:host_mac_clash:"):
+        return False  # judged by full passes only (they see every host interface)
+    narrow = domains.get(subject.bridge) if domains else None
+    return narrow is None or subject.domain in narrow
 
 
 def _duplicate_macs(snap: Snapshot) -> set:

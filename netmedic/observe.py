@@ -1,8 +1,16 @@
 """Observe the host afresh: the Snapshot every invariant is a pure function of.
 
-Only what the invariants need is read: links (one dump), the fdb entry of each VM MAC on its bridge
-(per-MAC kernel lookups: the cost follows the number of VMs, not the fdb's size), a few sysctls, and
+Only what the invariants need is read: links, the fdb entry of each VM MAC on its bridge (per-MAC
+kernel lookups, batched: the cost follows the number of VMs, not the fdb's size), a few sysctls, and
 the iptables FORWARD chains only when a bridge with VMs has bridge netfilter on.
+
+Scope. A full observation (bridges=None) dumps every link. A scoped one reads what the scope's
+invariants look at and no more: each bridge, its ports (a dump the kernel filters by master) and their
+bond slaves, the VM taps the domain XML puts on it (wherever they are now: a detached tap is found by
+name), the records' ports, the NAT networks' devices. `domains` narrows a bridge further to some VMs
+(a tap that appeared, one VM's MAC that moved): only the bridge, those VMs' taps and their fdb entries.
+Facts that need every link of the host (a VM MAC also used by some host interface elsewhere) are only
+judged by full observations: the daemon's startup pass, its periodic resync and overflow resyncs.
 """
 from __future__ import annotations
 
@@ -23,6 +31,8 @@ class Snapshot:
     forward_chains: list  # ops.ForwardChain per iptables backend in use
     records: dict  # key -> record of what netmedic created (pins, quarantines, rules)
     bridges_observed: Optional[frozenset] = None  # None = all
+    domains_observed: Optional[dict] = None  # bridge -> frozenset of domain names it was narrowed to
+    links_complete: bool = True  # False: `links` holds only what the scope needed
     # Read only when an enabled invariant declares it in NEEDS (None = not observed):
     addresses: Optional[dict] = None  # 'addresses': ifindex -> ['addr/prefix', ...]
     port_vlans: Optional[dict] = None  # 'port_vlans': ifindex -> tuple of nl.VlanInfo
@@ -47,9 +57,16 @@ class Snapshot:
     def observed(self, bridge: Optional[str]) -> bool:
         return self.bridges_observed is None or bridge in self.bridges_observed
 
+    def covers(self, bridge: Optional[str], domain: Optional[str] = None) -> bool:
+        """Did this observation look at that bridge (and at that domain on it, when it was narrowed)?"""
+        if not self.observed(bridge):
+            return False
+        narrow = self.domains_observed.get(bridge) if self.domains_observed else None
+        return narrow is None or domain in narrow
+
     def nics(self) -> list:
-        """VM NICs on bridges this snapshot observed."""
-        return [n for n in self.inventory.nics if n.bridge and self.observed(n.bridge)]
+        """VM NICs on bridges (and of domains) this snapshot observed."""
+        return [n for n in self.inventory.nics if n.bridge and self.covers(n.bridge, n.domain)]
 
     def sysctl(self, *parts: str) -> Optional[str]:
         return self.sysctls.get(ops.sysctl_key(*parts))
@@ -77,26 +94,45 @@ def fdb_owner(snapshot: Snapshot, nics: Iterable[VmNic]) -> dict:
 
 def observe(netlink, inventory: Inventory, records: Optional[dict] = None,
             bridges: Optional[Iterable[str]] = None, in_scope=None, firewall: bool = True,
-            needs: Iterable[str] = ()) -> Snapshot:
-    """One fresh observation. `bridges` limits the fdb lookups (and what invariants look at) to those
-    bridges; `in_scope(bridge, domain)` filters the VM NICs looked up. `needs`: the optional facts to
-    read as well ('addresses', 'port_vlans', 'nat_rules', 'dnsmasq'; see _extras)."""
-    links = {link.name: link for link in netlink.links()}
+            needs: Iterable[str] = (), domains: Optional[dict] = None) -> Snapshot:
+    """One fresh observation. `bridges` limits it (links, fdb lookups, what invariants look at) to those
+    bridges; `domains` (bridge -> domain names) narrows some of them to those VMs; `in_scope(bridge,
+    domain)` filters the VM NICs looked up. `needs`: the optional facts to read as well ('addresses',
+    'port_vlans', 'nat_rules', 'dnsmasq'; see _extras)."""
     only = frozenset(bridges) if bridges is not None else None
-    fdb: dict = {}
+    narrow = ({b: frozenset(d) for b, d in domains.items() if b in only} if only is not None and domains
+              else None) or None
+    if only is None:
+        links = {link.name: link for link in netlink.links()}
+    else:
+        links = _scoped_links(netlink, inventory, only, narrow or {}, records or {})
+
+    def wanted(nic) -> bool:
+        if not nic.bridge or (only is not None and nic.bridge not in only):
+            return False
+        if narrow and nic.bridge in narrow and nic.domain not in narrow[nic.bridge]:
+            return False
+        return in_scope is None or in_scope(nic.bridge, nic.domain)
+
+    keys: list = []
     bridges_with_vms = set()
     for nic in inventory.nics:
-        if not nic.bridge or (only is not None and nic.bridge not in only):
-            continue
-        if in_scope is not None and not in_scope(nic.bridge, nic.domain):
+        if not wanted(nic):
             continue
         br = links.get(nic.bridge)
         if br is None or br.kind != "bridge":
             continue
         bridges_with_vms.add(nic.bridge)
-        key = (nic.bridge, nic.mac)
-        if key not in fdb:
-            fdb[key] = netlink.fdb_get(br.index, nic.mac)
+        keys.append((nic.bridge, nic.mac))
+    keys = list(dict.fromkeys(keys))
+    entries = netlink.fdb_get_many([(links[b].index, mac, None) for b, mac in keys]) if keys else []
+    fdb: dict = dict(zip(keys, entries))
+    if only is not None:  # the ports the entries point at (a MAC learned on a port outside the scope)
+        known = {link.index for link in links.values()}
+        for entry in entries:
+            if entry is not None and entry.port_index not in known:
+                _add(links, netlink.link(entry.port_index))
+                known.add(entry.port_index)
 
     keys = [("net", "ipv4", "ip_forward"), ("net", "bridge", "bridge-nf-call-iptables")]
     for net in inventory.networks.values():
@@ -112,8 +148,53 @@ def observe(netlink, inventory: Inventory, records: Optional[dict] = None,
                for b in bridges_with_vms):
             chains = ops.read_forward_chains()
     return Snapshot(links=links, inventory=inventory, fdb=fdb, sysctls=sysctls, forward_chains=chains,
-                    records=dict(records or {}), bridges_observed=only,
+                    records=dict(records or {}), bridges_observed=only, domains_observed=narrow,
+                    links_complete=only is None,
                     **_extras(netlink, inventory, links, bridges_with_vms, set(needs)))
+
+
+def _add(links: dict, link) -> None:
+    if link is not None:
+        links[link.name] = link
+
+
+def _scoped_links(netlink, inventory: Inventory, only: frozenset, narrow: dict, records: dict) -> dict:
+    """name -> LinkInfo of what a scoped observation needs (see the module docstring)."""
+    links: dict = {}
+    for name in sorted(only):
+        br = netlink.link(name)
+        _add(links, br)
+        if br is None or br.kind != "bridge" or name in narrow:
+            continue
+        for port in netlink.links(master=br.index):
+            _add(links, port)
+            if port.kind in ("bond", "team"):  # uplink_aggregation looks at an aggregate's members
+                for member in netlink.links(master=port.index):
+                    _add(links, member)
+    want: set = set()
+    scoped_macs: set = set()
+    for nic in inventory.nics:
+        if nic.bridge in only and (nic.bridge not in narrow or nic.domain in narrow[nic.bridge]):
+            scoped_macs.add(nic.mac)
+            if nic.tap:
+                want.add(nic.tap)
+    if narrow:  # unique_mac orders the users of a shared MAC by their taps' age: see them all
+        want |= {n.tap for n in inventory.nics if n.tap and n.mac in scoped_macs}
+    for rec in records.values():
+        if rec.get("bridge") in only and rec.get("port") and (
+                rec.get("bridge") not in narrow or rec.get("domain") in narrow[rec["bridge"]]):
+            want.add(rec["port"])
+    for net in inventory.networks.values():
+        if net.bridge in only:
+            want |= {d for d in (net.bridge, net.forward_dev) if d}
+    for name in sorted(want - set(links)):
+        _add(links, netlink.link(name))
+    known = {link.index for link in links.values()}
+    for link in list(links.values()):  # masters, for their names (a tap on another bridge)
+        if link.master and link.master not in known:
+            _add(links, netlink.link(link.master))
+            known.add(link.master)
+    return links
 
 
 def _extras(netlink, inventory: Inventory, links: dict, bridges_with_vms: set, needs: set) -> dict:

@@ -36,7 +36,7 @@ def check(snapshot, options) -> list:
         nics = sorted(nics, key=lambda n: _age(snapshot, n))
         first = nics[0]
         for nic in nics[1:]:
-            if not snapshot.observed(nic.bridge):
+            if not snapshot.covers(nic.bridge, nic.domain):
                 continue
             out.append(Violation(
                 NAME, "duplicate_vm_mac", Subject(bridge=nic.bridge, port=nic.tap, domain=nic.domain, mac=mac),
@@ -44,6 +44,8 @@ def check(snapshot, options) -> list:
                 f"the bridges deliver its frames to whichever sent last",
                 {"mac": mac, "first": {"domain": first.domain, "tap": first.tap, "bridge": first.bridge},
                  "duplicate": {"domain": nic.domain, "tap": nic.tap, "bridge": nic.bridge}}))
+    if not snapshot.links_complete:  # a scoped observation did not see every host interface
+        return out
     vm_taps = {n.tap for n in snapshot.inventory.nics}
     host: dict = {}  # VM MAC -> host interfaces with it (a bond and its slaves share one: one violation)
     for link in sorted(snapshot.links.values(), key=lambda lk: lk.index):
@@ -51,7 +53,7 @@ def check(snapshot, options) -> list:
             host.setdefault(link.mac, []).append(link.name)
     for mac, names in sorted(host.items()):
         for nic in by_mac[mac]:
-            if snapshot.observed(nic.bridge):
+            if snapshot.covers(nic.bridge, nic.domain):
                 out.append(Violation(
                     NAME, "host_mac_clash", Subject(bridge=nic.bridge, port=nic.tap, domain=nic.domain, mac=mac),
                     f"VM {nic.domain}'s MAC {mac} is also the MAC of host interface{'s' if len(names) > 1 else ''} "

@@ -1,7 +1,7 @@
 """Engine.reconcile's decision logic, against a FAKE host.
 
 FakeHost below is an in-memory stand-in for netmedic.ops.HostOps and netmedic.nl.Netlink (links(),
-link(), fdb_get(), execute()): it records every step the engine executes and applies it to its own
+link(), fdb_get(), fdb_get_many(), execute()): it records every step the engine executes and applies it to its own
 dicts. It is a fake on purpose: these tests cover what the engine decides (observe vs enforce, dry-run,
 kill switch, scope, bounds, verification and rollback, records, audit), deterministically and without
 root. Whether the steps do the right thing to a real kernel is what tests/test_heal_*.py check, on real
@@ -54,8 +54,8 @@ class FakeHost:
     def nl(self):
         return self
 
-    def links(self):
-        return list(self._links.values())
+    def links(self, master=None):
+        return [lk for lk in self._links.values() if master is None or lk.master == master]
 
     def link(self, name_or_index):
         for lk in self._links.values():
@@ -66,6 +66,9 @@ class FakeHost:
     def fdb_get(self, bridge_index, mac, vlan=None):
         self.fdb_lookups.append((bridge_index, mac))
         return self.fdb.get((bridge_index, mac))
+
+    def fdb_get_many(self, queries):
+        return [self.fdb_get(b, mac, vlan) for b, mac, vlan in queries]
 
     def addresses(self):  # optional facts some invariants need: none on this host
         return {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -116,16 +117,36 @@ def test_other_phases_exit_0_silently(rig, phase):
     assert rig.audit() == []
 
 
-def test_entry_script_is_tiny_and_absolute():
-    for kind in ("qemu", "network"):
+def test_entry_scripts_are_absolute_and_lean():
+    for kind, flags in (("qemu", "-IS"), ("network", "-I")):
         path = os.path.join(ROOT, "hooks", "scripts", kind)
         with open(path) as fh:
             text = fh.read()
-        assert text.startswith("#!/usr/bin/python3 -I\n")
+        assert text.startswith(f"#!/usr/bin/python3 {flags}\n")
         assert os.stat(path).st_mode & stat.S_IXUSR
-        assert len(text.splitlines()) < 30
+        # rendering keeps the script's own interpreter flags
+        assert hooks.render_script(kind, "/opt/py/bin/python3").startswith(f"#!/opt/py/bin/python3 {flags}\n")
     with pytest.raises(ValueError):
         hooks.render_script("qemu", "python3")
+
+
+def wait_for(pred, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not pred() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pred()
+
+
+def _imports(rig, *argv, data=b""):
+    """The modules the rendered qemu hook imported for one phase (python -X importtime)."""
+    env = {"LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"}
+    cmd = [sys.executable, "-IS", "-X", "importtime", rig.scripts["qemu"], *argv, "-"]
+    if rig.topo is not None:
+        cmd = ["ip", "netns", "exec", rig.ns, *cmd]
+    proc = subprocess.run(cmd, input=data, capture_output=True, env=env, timeout=30)
+    mods = {line.split("|")[-1].strip() for line in proc.stderr.decode().splitlines()
+            if line.startswith("import time:") and "|" in line}
+    return proc, mods
 
 
 # --- prepare begin: the duplicate-MAC decision -------------------------------------------------
@@ -291,29 +312,33 @@ def _fake_daemon(rig, answer):
     def serve():
         srv.settimeout(10)
         try:
-            event = json.loads(srv.recv(4096))
+            event = json.loads(srv.recv(256 * 1024))
         except OSError:
             return
         got.append(event)
         if answer is not None:
-            srv.sendto(json.dumps(answer).encode(), event["reply"])
+            srv.sendto(answer.encode(), event["reply"])
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     return srv, t, got
 
 
+# The fake daemons below are sockets that answer (or never answer) with fixed words: they pin down the
+# entry script's side of the protocol, including a daemon that hangs, which a real one cannot be made
+# to do on demand. test_hook_and_real_daemon runs the same phases against the real daemon.
 def test_start_hands_the_work_to_a_running_daemon(rig):
-    srv, t, got = _fake_daemon(rig, {"ok": True, "results": {"healed": 1}})
+    srv, t, got = _fake_daemon(rig, "ok reconciled\n")
+    xml = _domain_xml("vm1", [(VM_MAC, "br7", "vnet7")]) + "<!-- \"quoted\" \\ \t\x01 é -->"
     try:
-        proc = rig.call("qemu", "vm1", "start", "begin", _domain_xml("vm1", [(VM_MAC, "br7", "vnet7")]).encode())
+        proc = rig.call("qemu", "vm1", "start", "begin", xml.encode())
         t.join(5)
     finally:
         srv.close()
     assert (proc.returncode, proc.stderr) == (0, b"")
     [event] = got
-    assert event["request"] == "reconcile" and event["domain"] == "vm1" and event["bridges"] == ["br7"]
-    assert event["nics"] == [{"mac": VM_MAC, "bridge": "br7", "tap": "vnet7", "type": "bridge"}]
+    assert event["request"] == "reconcile" and event["domain"] == "vm1" and event["phase"] == "start begin"
+    assert event["xml"] == xml and event["answer"] == "line"  # the XML as libvirt gave it, escaped right
     assert event["reply"].startswith(os.path.dirname(rig.socket) + "/.hook-")
     assert not os.path.exists(event["reply"])  # the hook removed its reply socket
     assert rig.audit() == []  # the daemon audits a phase it did
@@ -321,7 +346,7 @@ def test_start_hands_the_work_to_a_running_daemon(rig):
 
 
 def test_prepare_refusal_decided_by_the_daemon(rig):
-    srv, t, got = _fake_daemon(rig, {"ok": True, "result": "refused", "reason": "refusing to start VM vm1: X"})
+    srv, t, got = _fake_daemon(rig, "ok refused\nrefusing to start VM vm1: X")
     try:
         proc = rig.call("qemu", "vm1", "prepare", "begin", _domain_xml("vm1", [(VM_MAC, "br7", None)]).encode())
         t.join(5)
@@ -370,8 +395,31 @@ def test_hook_and_real_daemon(netrig, tmp_path):
     [line] = netrig.audit("hook")
     assert line["handled_by"] == "daemon" and line["results"] == {"healed": 1}, line
     assert took < 5
+    # The fast path: the hook imported no netmedic module (nor json, nor pyroute2) for any phase.
+    for phase in (("prepare", "begin"), ("start", "begin"), ("started", "begin")):
+        proc, mods = _imports(netrig, "vm1", *phase, data=xml)
+        assert proc.returncode == 0 and "_socket" in mods, proc.stderr[-500:]
+        assert not {m for m in mods if m.startswith(("netmedic", "pyroute2", "json", "site"))}, mods
+    wait_for(lambda: len(netrig.audit("hook")) == 4)
+    assert [h["phase"] for h in netrig.audit("hook")] == ["start begin", "prepare begin", "start begin",
+                                                          "started begin"]
+    assert all(h["handled_by"] == "daemon" for h in netrig.audit("hook"))
+    # prepare: the daemon's decision, with the real policy (a clone of vm1's MAC is refused)
+    netrig.set_policy({"invariants": {"unique_mac": {"on_start": "refuse-start"}}})
+    (netrig.domain_dir / "vm1.xml").write_text(_domain_xml("vm1", [(VM_MAC, "br0", "vnet0")], status=True))
+    os.kill(daemon.pid, signal.SIGHUP)  # reload the policy now
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        proc = netrig.call("qemu", "clone", "prepare", "begin", _domain_xml("clone", [(VM_MAC, "br0", None)]).encode())
+        if proc.returncode == 1:
+            break
+        time.sleep(0.2)
+    assert proc.returncode == 1 and b"MAC 52:54:00:aa:10:01 is already used by VM vm1" in proc.stderr, proc
+    assert netrig.audit("hook")[-1]["result"] == "refused" and netrig.audit("hook")[-1]["handled_by"] == "daemon"
+    (netrig.domain_dir / "vm1.xml").unlink()
     proc = netrig.call("qemu", "vm1", "stopped", "end", xml)
     assert proc.returncode == 0
+    wait_for(lambda: netrig.records() == {})
     assert fdb_entry(topo, ns, "br0", VM_MAC) is None and netrig.records() == {}
     assert netrig.audit("hook")[-1]["result"] == "released"
     topo._stop_process(daemon, [])

@@ -215,6 +215,55 @@ def test_lean_link_dump_matches_pyroute2(bridged):
 
 
 @netns
+def test_lean_reads_match_pyroute2(bridged):
+    """The hot path's lean reads (ports of one bridge filtered by the kernel, one link by name or
+    ifindex, batched per-MAC fdb lookups) give exactly what pyroute2 parses from the same kernel."""
+    bridged.ip("link", "add", "br1", "type", "bridge")
+    bridged.ip("link", "add", "other0", "type", "veth", "peer", "name", "other0p")
+    bridged.ip("link", "set", "other0", "master", "br1")
+    bridged.ip("link", "add", "loose0", "type", "veth", "peer", "name", "loose0p")
+    bridged.bridge("fdb", "add", OTHER_MAC, "dev", "up0", "master", "static")
+    bridged.bridge("fdb", "add", "52:54:00:6e:6d:99", "dev", "other0", "master", "static")
+    bridged.bridge("fdb", "replace", GUEST_MAC, "dev", "vm0", "master", "static", "sticky")
+    for i in range(0, 150, 3):  # more lookups than one batch, a third of them hits
+        bridged.bridge("fdb", "add", f"02:00:00:00:00:{i:02x}", "dev", "up0", "master", "static")
+    res = bridged.py(f'''
+        import dataclasses
+        A = dataclasses.asdict
+        with nl.Netlink() as n:
+            br, br1 = n.link("br0").index, n.link("br1").index
+            ports = [A(l) for l in sorted(n.links(master=br), key=lambda l: l.index)]
+            ref_ports = [A(nl._link_from_msg(m)) for m in sorted(n.ipr.link("dump"), key=lambda m: m["index"])
+                         if m.get_attr("IFLA_MASTER") == br]
+            one = {{name: A(n.link(name)) for name in ("br0", "vm0", "loose0")}}
+            ref_one = {{name: A(nl._link_from_msg(n.ipr.link("get", ifname=name)[0]))
+                       for name in ("br0", "vm0", "loose0")}}
+            by_index = A(n.link(n.link("vm0").index))
+            macs = [(br, "{GUEST_MAC}", None), (br, "{OTHER_MAC}", None), (br, "52:54:00:6e:6d:99", None),
+                    (br1, "52:54:00:6e:6d:99", None), (br, "02:00:00:ff:ff:ff", None)]
+            macs += [(br, "02:00:00:00:00:%02x" % i, None) for i in range(150)]
+            many = [fdb(e) for e in n.fdb_get_many(macs)]
+            ref = []
+            for b, mac, _v in macs:
+                try:
+                    msgs = n._request(n._ndmsg(attrs=[("NDA_LLADDR", mac), ("NDA_MASTER", b)]), 30, 1)
+                    ref.append(fdb(nl._fdb_from_msg(msgs[0])))
+                except n._pr.NetlinkError:
+                    ref.append(None)
+            out({{"ports": ports, "ref_ports": ref_ports, "one": one, "ref_one": ref_one, "by_index": by_index,
+                 "missing": n.link("nosuch0"), "missing_index": n.link(99999), "many": many, "ref": ref}})
+    ''')
+    assert [p["name"] for p in res["ports"]] == ["vm0", "up0"]
+    assert res["ports"] == res["ref_ports"]
+    assert res["one"] == res["ref_one"] and res["by_index"] == res["one"]["vm0"]
+    assert res["missing"] is None and res["missing_index"] is None
+    assert len(res["many"]) == 155 and res["many"] == res["ref"]
+    assert res["many"][0]["sticky"] and res["many"][1]["static"] and res["many"][2] is None
+    assert res["many"][3]["mac"] == "52:54:00:6e:6d:99" and res["many"][4] is None
+    assert sum(1 for e in res["many"][5:] if e) == 50
+
+
+@netns
 def test_links_stp_on_and_port_learning_off(bridged):
     bridged.ip("link", "set", "br0", "type", "bridge", "stp_state", "1", "forward_delay", "400")
     bridged.ip("link", "set", "up0", "type", "bridge_slave", "learning", "off", "flood", "off")

@@ -22,7 +22,8 @@ def render_entry(path: str, python: str, env=None, pythonpath=None) -> str:
         raise ValueError("the interpreter must be an absolute path (no useful PATH is given)")
     with open(path, encoding="utf-8") as fh:
         lines = fh.read().splitlines(True)
-    lines[0] = f"#!{python} -I\n"
+    flags = lines[0].split()[1:] if lines[0].startswith("#!") else ["-I"]  # keep the script's own flags
+    lines[0] = f"#!{' '.join([python] + flags)}\n"
     extra = []
     for var, value in sorted((env or {}).items()):
         if not var.startswith("NETMEDIC_"):
