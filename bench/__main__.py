@@ -1,6 +1,6 @@
 """`python -m bench [--quick] [--only FIG,...] [--out FILE] [--json FILE] [--seed-seconds S]`
 
-Figures (docs/benchmarks.md explains each): reconcile, events, protect, footprint, seed, hook.
+Figures (docs/benchmarks.md explains each): reconcile, events, protect, footprint, seed, hook, virsh.
 `events`, `protect` and `footprint` share one daemon run on the big host.
 """
 from __future__ import annotations
@@ -24,13 +24,13 @@ from bench.stats import summary
 from netmedic import labnet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIGURES = ("reconcile", "events", "protect", "footprint", "seed", "hook")
+FIGURES = ("reconcile", "events", "protect", "footprint", "seed", "hook", "virsh")
 FULL = {"vms": 1000, "bridges": 4, "fdb": 50000, "repeat": 5, "protect": 8, "heal": 3, "idle": 20,
         "storm_rate": 20000, "storm_seconds": 10, "rates": [5000, 10000, 20000, 40000, 0],
-        "seed_seconds": 60, "hook_vms": 200, "hook_repeat": 7}
+        "seed_seconds": 60, "hook_vms": 200, "hook_repeat": 7, "virsh_repeat": 10}
 QUICK = {"vms": 40, "bridges": 2, "fdb": 2000, "repeat": 2, "protect": 3, "heal": 2, "idle": 3,
          "storm_rate": 5000, "storm_seconds": 2, "rates": [5000, 0], "seed_seconds": 3, "hook_vms": 20,
-         "hook_repeat": 2}
+         "hook_repeat": 2, "virsh_repeat": 2}
 
 
 def log(msg: str) -> None:
@@ -328,33 +328,54 @@ def _seed_netmedic(topo, workdir, seconds, out) -> None:
 
 
 def fig_hook(topo, sc, workdir, policy) -> dict:
+    """The rendered qemu hook, per operation, on a host with sc['hook_vms'] running domains: as installed
+    (the daemon runs: the fast path), and without a daemon (the hook does the work itself)."""
     script = os.path.join(ROOT, "hooks", "scripts", "qemu")
     if not os.path.exists(script):
         return {"skipped": "hooks/scripts/qemu does not exist"}
     from netmedic.hooks import render_script
 
-    log(f"hook: {sc['hook_vms']} domains, {sc['hook_repeat']} rounds per operation")
+    log(f"hook: {sc['hook_vms']} domains, {sc['hook_repeat']} rounds per operation, with and without daemon")
     h = hostmod.build_host(topo, "hk", os.path.join(workdir, "hook-host"), sc["hook_vms"], 2,
                            sc["hook_vms"] * 10, prefix="hb", mac_base=0x30)
     python = "/usr/bin/python3"
-    hook_env = {"NETMEDIC_POLICY": policy, "NETMEDIC_AUDIT_LOG": os.path.join(workdir, "hook-audit.jsonl"),
-                "NETMEDIC_STATE_DIR": os.path.join(workdir, "hook-state"),
-                "NETMEDIC_DOMAIN_XML_DIR": h.domain_dir, "NETMEDIC_NETWORK_XML_DIR": h.network_dir,
-                "NETMEDIC_SOCKET": os.path.join(workdir, "no-daemon.sock")}
-    path = os.path.join(workdir, "hook-qemu")
-    with open(path, "w") as fh:
-        fh.write(render_script("qemu", python, env=hook_env, pythonpath=ROOT))
-    os.chmod(path, 0o755)
     vm = h.vms[0]
-    cfg = {"python": python, "script": path, "domain": vm.domain, "repeat": sc["hook_repeat"],
-           "domain_xml": os.path.join(h.domain_dir, f"{vm.domain}.xml"), "env": {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-                                                                                 "LC_ALL": "C", "HOME": "/root"}}
-    r = worker(topo, h.ns, "hook", cfg, workdir)
-    r["summary"] = {k: summary(v) for k, v in r.items() if isinstance(v, list)}
-    r["python"] = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"],
-                                 capture_output=True, text=True).stdout.strip()
-    r["vms"] = sc["hook_vms"]
-    return r
+    out: dict = {"python": subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"],
+                                          capture_output=True, text=True).stdout.strip(), "vms": sc["hook_vms"]}
+    for mode in ("daemon", "no_daemon"):
+        wd = os.path.join(workdir, f"hook-{mode}")
+        os.makedirs(wd, exist_ok=True)
+        sock = os.path.join(wd, "run", "netmedic.sock")
+        hook_env = {"NETMEDIC_POLICY": policy, "NETMEDIC_AUDIT_LOG": os.path.join(wd, "hook-audit.jsonl"),
+                    "NETMEDIC_STATE_DIR": os.path.join(wd, "daemon-state"),
+                    "NETMEDIC_DOMAIN_XML_DIR": h.domain_dir, "NETMEDIC_NETWORK_XML_DIR": h.network_dir,
+                    "NETMEDIC_SOCKET": sock}
+        path = os.path.join(wd, "hook-qemu")
+        with open(path, "w") as fh:
+            fh.write(render_script("qemu", python, env=hook_env, pythonpath=ROOT))
+        os.chmod(path, 0o755)
+        d = None
+        if mode == "daemon":  # the daemon's audit log is the hook's (the daemon audits the phases it does)
+            d = Daemon(topo, h.ns, wd, h.domain_dir, h.network_dir, policy, "--socket", sock, "--resync", "3600",
+                       "--audit-log", hook_env["NETMEDIC_AUDIT_LOG"])
+            d.audit_log = hook_env["NETMEDIC_AUDIT_LOG"]
+            d.wait_started()
+        try:
+            cfg = {"python": python, "script": path, "domain": vm.domain, "repeat": sc["hook_repeat"],
+                   "domain_xml": os.path.join(h.domain_dir, f"{vm.domain}.xml"),
+                   "env": {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "HOME": "/root"}}
+            r = worker(topo, h.ns, "hook", cfg, workdir)
+            if d is not None:
+                lines = d.audit("hook")
+                r["handled_by_daemon"] = sum(1 for x in lines if x.get("handled_by") == "daemon")
+                r["daemon_ms"] = {op: [x["duration_ms"] for x in lines if x.get("phase", "").startswith(op + " ")]
+                                  for op in ("prepare", "start", "started", "stopped", "release")}
+        finally:
+            if d is not None:
+                d.stop()
+        r["summary"] = {k: summary(v) for k, v in r.items() if isinstance(v, list)}
+        out[mode] = r
+    return out
 
 
 def machine() -> dict:
@@ -411,6 +432,11 @@ def main(argv=None) -> int:
             results["daemon"] = fig_daemon(topo, h, sc, workdir, policy, only)
         if "hook" in only:
             results["hook"] = fig_hook(topo, sc, workdir, policy)
+        if "virsh" in only:
+            from bench import virsh
+
+            log("virsh: `virsh start` of a 4-NIC VM with and without the hook (real libvirtd)")
+            results["virsh"] = virsh.fig_virsh(sc, workdir)
         if "seed" in only:
             log(f"seed: reflection on, pinging every 10 ms for {seed_seconds:g} s")
             results["seed"] = fig_seed(sc, workdir, seed_seconds)
