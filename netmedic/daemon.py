@@ -552,7 +552,18 @@ class Daemon:
             self._audit("daemon_stopped")
         return 0
 
+    def xml_changed(self) -> None:
+        """The run-state XML directories changed (the inotify watch): reconcile the VMs that changed."""
+        self._inventory_changed()  # keep the poll's signature current: no second pass for this change
+        self._submit_inventory_changes()
+
     def _start_sources(self) -> None:
+        from netmedic.sources.xmlwatch import XmlWatch
+
+        watch = XmlWatch([self.engine.domain_dir, self.engine.network_dir])
+        self.add_source(watch)
+        if watch.error:
+            self.note_source("xmlwatch", "off", error=watch.error)
         if self.socket_path:
             sock = EventSocket(self.socket_path)
             self.add_source(sock)

@@ -106,6 +106,11 @@ def observe(netlink, inventory: Inventory, records: Optional[dict] = None,
         links = {link.name: link for link in netlink.links()}
     else:
         links = _scoped_links(netlink, inventory, only, narrow or {}, records or {})
+    if narrow and set(narrow) == only:
+        # Only VMs: the bridge-level facts (iptables FORWARD and nat rules, host addresses on ports,
+        # dnsmasq) are for passes over whole bridges; a VM's own port VLANs stay.
+        firewall = False
+        needs = set(needs) & {"port_vlans"}
 
     def wanted(nic) -> bool:
         if not nic.bridge or (only is not None and nic.bridge not in only):
