@@ -31,6 +31,7 @@ class Dispatcher:
         self.mac_bridges: dict = {}  # VM MAC -> {bridge}
         self.mac_domains: dict = {}  # (bridge, VM MAC) -> {domain}
         self.index_name: dict = {}  # ifindex -> name, learned from link events and observations
+        self.index_mac: dict = {}  # ifindex -> the interface's MAC, likewise
         self._pending: Optional[set] = set()  # None = everything
         self._narrow: dict = {}  # bridge in _pending -> the domains it is narrowed to (absent: whole bridge)
         self._reasons: list = []
@@ -52,8 +53,15 @@ class Dispatcher:
     def set_links(self, links: dict, complete: bool = True) -> None:
         """ifindex -> name from an observation: all of it (complete) or what a scoped pass saw."""
         if complete:
-            self.index_name = {}
+            self.index_name, self.index_mac = {}, {}
         self.index_name.update({link.index: name for name, link in links.items()})
+        self.index_mac.update({link.index: link.mac for link in links.values()})
+
+    def host_macs(self) -> dict:
+        """Interface name -> MAC of every link the events and observations told of (all of them once a
+        full pass ran, kept current by link events: the caller drains the events first)."""
+        return {self.index_name[i]: mac for i, mac in self.index_mac.items()
+                if i in self.index_name and mac and mac != "00:00:00:00:00:00"}
 
     # --- events -----------------------------------------------------------------------------
     def submit(self, bridges: Optional[Iterable[str]], reason: str, domains: Optional[dict] = None) -> None:
@@ -85,8 +93,12 @@ class Dispatcher:
             old = self.index_name.get(ev.index)
             if ev.action == "del":
                 self.index_name.pop(ev.index, None)
-            elif ev.name:
-                self.index_name[ev.index] = ev.name
+                self.index_mac.pop(ev.index, None)
+            else:
+                if ev.name:
+                    self.index_name[ev.index] = ev.name
+                if ev.mac:
+                    self.index_mac[ev.index] = ev.mac
             names = {n for n in (ev.name, old) if n}
             reason = f"link {ev.action} {'/'.join(sorted(names))}"
             master = self.index_name.get(ev.master) if ev.master else None

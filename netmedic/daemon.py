@@ -248,6 +248,8 @@ class Daemon:
         self._source_due: dict = {}  # id(source) -> monotonic time of its next poll (None: none wanted)
         self.hook_domains: dict = {}  # name -> (Domain a hook sent, monotonic expiry)
         self._known_nics: Optional[dict] = None  # domain -> its NICs, as of the latest pass
+        self.listener = None
+        self._links_complete = False  # the dispatcher's ifindex maps hold every link (a full pass ran)
 
     # --- sources and status ----------------------------------------------------------------------
     def add_source(self, source) -> None:
@@ -292,8 +294,9 @@ class Daemon:
         dom = hook_qemu.domain_from_request(event, networks)
         if kind == "prepare":
             inv = inventory.load(self.engine.domain_dir, self.engine.network_dir, self._extra_domains())
-            result, reason, _clashes, fields = hook_qemu.decide_start(self.engine.policy, dom, inv.domains,
-                                                                      hook_base.sys_macs())
+            host_macs = self.host_macs()
+            result, reason, _clashes, fields = hook_qemu.decide_start(
+                self.engine.policy, dom, inv.domains, host_macs if host_macs is not None else hook_base.sys_macs())
             self._audit("hook", **common, result=result, duration_ms=_ms(t0), **fields)
             return {"ok": True, "result": result, "reason": reason}
         if kind == "reconcile":
@@ -313,6 +316,21 @@ class Daemon:
                 return {"ok": False, "error": "reconcile failed"}
             return {"ok": True, "results": results, "correlation_id": report.correlation_id if report else None}
         raise ValueError(f"unknown request {kind!r}")
+
+    def host_macs(self):
+        """Every host interface's MAC as of now, from the link events and observations (no read of
+        the host): the pending notifications are drained first, so every change the kernel made before
+        this call is in. None when that cannot be vouched for (no full pass yet, an overflow)."""
+        if not self._links_complete or not isinstance(self.listener, nl.Listener):
+            return None  # (--no-netlink: no link events keep the map current)
+        try:
+            if not self._drain(self.listener, limit=1_000_000):
+                return None
+        except Exception:  # noqa: BLE001 - the caller reads the host instead
+            return None
+        if not self._links_complete:  # the drain hit an overflow: the resync will rebuild the map
+            return None
+        return self.dispatcher.host_macs()
 
     def _extra_domains(self) -> list:
         """Domains the engine sees beyond the run-state XML: what hooks just sent (until libvirt's
@@ -436,6 +454,7 @@ class Daemon:
             self._known_nics = _nics_by_domain(inv)
         if self.engine.last_links is not None:  # no second link dump: the pass's own observation
             self.dispatcher.set_links(self.engine.last_links, complete=self.engine.last_links_complete)
+            self._links_complete = self._links_complete or self.engine.last_links_complete
         return report
 
     def _submit_inventory_changes(self) -> None:
@@ -470,7 +489,7 @@ class Daemon:
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
-        listener = self.listener_factory()
+        listener = self.listener = self.listener_factory()
         self.source_state["netlink"] = {"state": "listening", "since": _iso(time.time()), "overflows": 0}
         self._start_sources()
         self._audit("daemon_started", resync_interval=self.resync_interval, dry_run=self.engine.dry_run,
@@ -588,27 +607,30 @@ class Daemon:
             self._source_due[id(src)] = now + 5.0
         self._status_dirty = True
 
-    def _drain(self, listener) -> None:
+    def _drain(self, listener, limit: int = MAX_EVENTS_PER_TURN) -> bool:
+        """Read and dispatch pending notifications, at most about `limit`; True when none is left."""
         count = 0
-        while count < MAX_EVENTS_PER_TURN:
+        while count < limit:
             try:
                 events = listener.read()
             except nl.Overflow:
+                self._links_complete = False
                 self._audit("netlink_overflow", reason="events were lost: full resync", level="warning")
                 self.source_state["netlink"]["overflows"] = self.source_state["netlink"].get("overflows", 0) + 1
                 self.note_event("netlink", "overflow: full resync")
                 self.dispatcher.submit(None, "netlink overflow")
-                return
+                return False
             except BlockingIOError:
-                return
+                return True
             if not events:
-                return
+                return True
             for ev in events:
                 self.dispatcher.netlink(ev)
             count += len(events)
             r, _, _ = select.select([listener], [], [], 0)
             if not r:
-                return
+                return True
+        return False
 
 
 def _nics_by_domain(inv) -> dict:

@@ -115,7 +115,7 @@ class Event:
     index: int  # link ifindex (link) or port ifindex (fdb)
     name: Optional[str] = None  # link name (link events)
     master: Optional[int] = None  # IFLA_MASTER (link) or NDA_MASTER (fdb)
-    mac: Optional[str] = None  # fdb events
+    mac: Optional[str] = None  # NDA_LLADDR (fdb) or IFLA_ADDRESS (link, when it has one)
 
 
 class Overflow(Exception):
@@ -148,6 +148,7 @@ _NLM_F_REPLACE = 0x100
 _NLM_F_CREATE = 0x400
 _IFF_UP = 0x1
 _IFF_LOWER_UP = 0x10000
+_IFLA_ADDRESS = 1
 _IFLA_IFNAME = 3
 _IFLA_MASTER = 10
 _NDA_LLADDR = 2
@@ -687,6 +688,7 @@ def _parse_events(data, length: Optional[int] = None) -> list[Event]:
                 if family == _AF_UNSPEC or (family == _AF_BRIDGE and msg_type == _RTM_NEWLINK):
                     name = None
                     master = None
+                    mac = None
                     pos = off + 32
                     while pos + 4 <= msg_end:
                         rta_len, rta_type = rta_unpack(data, pos)
@@ -698,9 +700,11 @@ def _parse_events(data, length: Optional[int] = None) -> list[Event]:
                                 "utf-8", "replace")
                         elif rta_type == _IFLA_MASTER and rta_len >= 8:
                             master = u32_unpack(data, pos + 4)[0] or None
+                        elif rta_type == _IFLA_ADDRESS and rta_len > 4:
+                            mac = bytes(data[pos + 4:pos + rta_len]).hex(":")
                         pos += (rta_len + 3) & ~3
                     events.append(Event("link", "new" if msg_type == _RTM_NEWLINK else "del", index,
-                                        name, master, None))
+                                        name, master, mac))
         off += (msg_len + 3) & ~3
     return events
 

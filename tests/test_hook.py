@@ -416,6 +416,15 @@ def test_hook_and_real_daemon(netrig, tmp_path):
         time.sleep(0.2)
     assert proc.returncode == 1 and b"MAC 52:54:00:aa:10:01 is already used by VM vm1" in proc.stderr, proc
     assert netrig.audit("hook")[-1]["result"] == "refused" and netrig.audit("hook")[-1]["handled_by"] == "daemon"
+    # A host interface made a moment ago with the MAC a VM is about to use: the daemon's view of the host
+    # interfaces (kept by link events, drained before it decides) already has it.
+    topo.run(ns, "ip", "link", "add", "hostif9", "address", OTHER_MAC, "type", "veth", "peer", "name", "hostif9p")
+    proc = netrig.call("qemu", "vm3", "prepare", "begin", _domain_xml("vm3", [(OTHER_MAC, "br0", None)]).encode())
+    assert proc.returncode == 1 and b"host interface hostif9" in proc.stderr, proc
+    assert netrig.audit("hook")[-1]["handled_by"] == "daemon"
+    topo.run(ns, "ip", "link", "del", "hostif9")
+    proc = netrig.call("qemu", "vm3", "prepare", "begin", _domain_xml("vm3", [(OTHER_MAC, "br0", None)]).encode())
+    assert proc.returncode == 0 and netrig.audit("hook")[-1]["result"] == "allowed", proc
     (netrig.domain_dir / "vm1.xml").unlink()
     proc = netrig.call("qemu", "vm1", "stopped", "end", xml)
     assert proc.returncode == 0

@@ -568,8 +568,10 @@ def _pyroute2_events(datagram: bytes) -> list:
             out.append(nl.Event("fdb", "new" if mtype == 28 else "del", msg["ifindex"], None,
                                 msg.get_attr("NDA_MASTER") or None, mac.lower() if mac else None))
         elif mtype in (16, 17) and (msg["family"] == 0 or (msg["family"] == 7 and mtype == 16)):
+            mac = msg.get_attr("IFLA_ADDRESS")
             out.append(nl.Event("link", "new" if mtype == 16 else "del", msg["index"],
-                                msg.get_attr("IFLA_IFNAME"), msg.get_attr("IFLA_MASTER") or None))
+                                msg.get_attr("IFLA_IFNAME"), msg.get_attr("IFLA_MASTER") or None,
+                                mac.lower() if mac else None))
     return out
 
 
@@ -582,7 +584,7 @@ LISTENER_SCENARIO = f'''
     with nl.Netlink() as n:
         br = n.link("br0").index
         sh("ip", "link", "add", "t0", "type", "veth", "peer", "name", "t0p")
-        t0 = n.link("t0").index
+        t0, t0_mac = n.link("t0").index, n.link("t0").mac
         n.set_master(t0, br)
         n.set_up(t0, True)
         n.set_up(n.link("t0p").index, True)
@@ -607,7 +609,7 @@ LISTENER_SCENARIO = f'''
             datagrams.append(raw.recv(65536).hex())
         except BlockingIOError:
             break
-    out({{"br": br, "t0": t0, "rcvbuf": rcvbuf, "events": [asdict(e) for e in events],
+    out({{"br": br, "t0": t0, "t0_mac": t0_mac, "rcvbuf": rcvbuf, "events": [asdict(e) for e in events],
           "datagrams": datagrams}})
 '''
 
@@ -635,7 +637,8 @@ def test_listener_link_and_fdb_events_match_pyroute2(bridged):
     assert len([e for e in dels if e.index == t0]) == 1
     for e in events:
         assert e.kind in ("link", "fdb") and e.action in ("new", "del")
-        assert (e.mac is None) == (e.kind == "link")
+        assert e.mac is not None  # fdb: the entry's MAC; link: the interface's address
+    assert has(kind="link", action="new", index=t0, name="t0", master=br, mac=res["t0_mac"])
 
     # The lean parser and pyroute2 agree on every datagram, and the Listener saw the same stream.
     datagrams = [bytes.fromhex(d) for d in res["datagrams"]]
