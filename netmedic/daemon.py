@@ -287,8 +287,9 @@ class Daemon:
             self._audit("hook", **common, result="released", duration_ms=_ms(t0),
                         released=[{k: r.get(k) for k in ("kind", "mac", "port", "bridge", "result")}
                                   for r in released])
-            self.dispatcher.submit(sorted({r.get("bridge") for r in released if r.get("bridge")}) or None,
-                                   f"{phase} {name}")
+            bridges = sorted({r.get("bridge") for r in released if r.get("bridge")})
+            if bridges:  # look at that VM once more on the bridges it left (nothing else changed)
+                self.dispatcher.submit(bridges, f"{phase} {name}", domains={b: [name] for b in bridges})
             return {"ok": True, "released": len(released)}
         networks = self.engine.inventory.networks if self.engine.inventory is not None else None
         dom = hook_qemu.domain_from_request(event, networks)
@@ -581,6 +582,7 @@ class Daemon:
 
         watch = XmlWatch([self.engine.domain_dir, self.engine.network_dir])
         self.add_source(watch)
+        self.engine.inventory_token = watch.generation
         if watch.error:
             self.note_source("xmlwatch", "off", error=watch.error)
         if self.socket_path:

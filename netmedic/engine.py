@@ -67,6 +67,8 @@ class Engine:
         self.last_links_complete = False  # ... and whether that was every link of the host
         self.inventory = None
         self.extra_domains: list = []  # inventory.Domain objects not (yet) in the run-state directory
+        self.inventory_token: Optional[Callable] = None  # () -> token unchanged while the XML is, or None
+        self._inventory_token = None
 
     # --- the parts --------------------------------------------------------------------------
     def _audit(self, event: str, **fields) -> None:
@@ -74,7 +76,15 @@ class Engine:
             self.audit.event(event, **fields)
 
     def load_inventory(self):
+        """The run-state XML (plus extra domains). With `inventory_token` (the daemon's inotify watch on
+        the directories), the previous load is reused while the token says no file changed."""
+        token = self.inventory_token() if self.inventory_token is not None else None
+        if token is not None:
+            token = (token, tuple(self.extra_domains))
+            if self.inventory is not None and token == self._inventory_token:
+                return self.inventory
         self.inventory = inventory_mod.load(self.domain_dir, self.network_dir, self.extra_domains)
+        self._inventory_token = token
         return self.inventory
 
     def observe(self, bridges: Optional[Iterable[str]] = None, firewall: bool = True,

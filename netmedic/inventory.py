@@ -70,7 +70,12 @@ class Inventory:
 
     @property
     def nics(self) -> list:
-        return [n for d in self.domains.values() for n in d.nics]
+        """Every VM NIC (computed once: an Inventory is not changed after load())."""
+        cached = self.__dict__.get("_nics")
+        if cached is None or cached[0] != len(self.domains):
+            cached = (len(self.domains), [n for d in self.domains.values() for n in d.nics])
+            self.__dict__["_nics"] = cached
+        return cached[1]
 
 
 def canonical_mac(value: str) -> str:

@@ -42,6 +42,7 @@ class Snapshot:
 
     def __post_init__(self):
         self.by_index = {link.index: link for link in self.links.values()}
+        self._nics: Optional[list] = None
 
     def link(self, name: Optional[str]):
         return self.links.get(name) if name else None
@@ -65,8 +66,10 @@ class Snapshot:
         return narrow is None or domain in narrow
 
     def nics(self) -> list:
-        """VM NICs on bridges (and of domains) this snapshot observed."""
-        return [n for n in self.inventory.nics if n.bridge and self.covers(n.bridge, n.domain)]
+        """VM NICs on bridges (and of domains) this snapshot observed (computed once)."""
+        if self._nics is None:
+            self._nics = [n for n in self.inventory.nics if n.bridge and self.covers(n.bridge, n.domain)]
+        return self._nics
 
     def sysctl(self, *parts: str) -> Optional[str]:
         return self.sysctls.get(ops.sysctl_key(*parts))

@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import json
 import os
+from typing import Optional
 
 DEFAULT_STATE_DIR = "/var/lib/netmedic"
 
@@ -24,6 +25,10 @@ class State:
         self.path = os.path.join(directory, "state.json")
         self.records: dict = {}
         self.guard: dict = {}
+        self._loaded: Optional[str] = None  # what _load() read, serialized as _save() would write it
+
+    def _serialize(self) -> str:
+        return json.dumps({"version": 1, "records": self.records, "guard": self.guard}, indent=1, sort_keys=True)
 
     def _load(self) -> None:
         try:
@@ -38,15 +43,19 @@ class State:
             data = {}
         self.records = data.get("records", {}) if isinstance(data, dict) else {}
         self.guard = data.get("guard", {}) if isinstance(data, dict) else {}
+        self._loaded = self._serialize() if data else None
 
     def _save(self) -> None:
+        text = self._serialize()
+        if text == self._loaded:
+            return  # nothing changed: no write, no fsync
         tmp = f"{self.path}.{os.getpid()}.tmp"
         with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump({"version": 1, "records": self.records, "guard": self.guard}, fh, indent=1,
-                      sort_keys=True)
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
+        self._loaded = text
 
     @contextlib.contextmanager
     def locked(self, write: bool = True):

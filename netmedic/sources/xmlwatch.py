@@ -55,6 +55,18 @@ class XmlWatch:
     def fileno(self):
         return self.fd
 
+    def generation(self):
+        """A token that stays the same while no run-state XML changed (nothing happened in the watched
+        directories since the last read), None when that cannot be vouched for: not every directory is
+        watched, or changes are waiting to be read. The engine reuses its inventory while it holds."""
+        import select
+
+        if self.fd is None or len(self.watched) != len(self.dirs):
+            return None
+        if select.select([self.fd], [], [], 0)[0]:
+            return None
+        return self.changes
+
     def status(self) -> dict:
         return {"state": "watching" if self.watched else "off", "directories": sorted(self.watched.values()),
                 "changes": self.changes, "error": self.error}
