@@ -25,7 +25,7 @@ from netmedic import labnet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIGURES = ("reconcile", "events", "protect", "footprint", "seed", "hook", "virsh")
-FULL = {"vms": 1000, "bridges": 4, "fdb": 50000, "repeat": 5, "protect": 8, "heal": 3, "idle": 20,
+FULL = {"vms": 1000, "bridges": 4, "fdb": 50000, "repeat": 5, "protect": 8, "heal": 3, "idle": 62,
         "storm_rate": 20000, "storm_seconds": 10, "rates": [5000, 10000, 20000, 40000, 0],
         "seed_seconds": 60, "hook_vms": 200, "hook_repeat": 7, "virsh_repeat": 10}
 QUICK = {"vms": 40, "bridges": 2, "fdb": 2000, "repeat": 2, "protect": 3, "heal": 2, "idle": 3,
@@ -231,14 +231,20 @@ def fig_daemon(topo, h, sc, workdir, policy, only) -> dict:
                           "reconcile_ms": [r.get("duration_ms") for r in d.audit("reconciled")][0]}
         if "footprint" in only:
             log(f"footprint: idle for {sc['idle']} s")
+            n_resync0 = len([x for x in d.audit("reconciled") if x.get("trigger") == "resync"])
             rss0, c0, t0 = d.stat.rss_mb(), d.stat.cpu(), time.monotonic()
             time.sleep(sc["idle"])
-            idle_cpu = (d.stat.cpu() - c0) / (time.monotonic() - t0)
-            # One resync per resync_interval (60 s) is part of idle; the startup reconcile (plus the
-            # interpreter's imports) bounds what one costs.
+            window = time.monotonic() - t0
+            idle_cpu = (d.stat.cpu() - c0) / window
+            resyncs = [x for x in d.audit("reconciled") if x.get("trigger") == "resync"][n_resync0:]
             out["idle"] = {"rss_mb": max(rss0, d.stat.rss_mb()), "cpu_pct_window": 100 * idle_cpu,
-                           "window_s": sc["idle"], "resync_cpu_bound_s": cpu_start,
-                           "cpu_pct_with_resync": 100 * (idle_cpu + cpu_start / 60.0)}
+                           "window_s": round(window, 1), "resyncs_in_window": len(resyncs),
+                           "resync_ms": [x.get("duration_ms") for x in resyncs]}
+            if resyncs:  # the window holds the daemon's periodic resync (every 60 s): measured as is
+                out["idle"]["cpu_pct_with_resync"] = 100 * idle_cpu
+            else:  # a short window (--quick): one resync per 60 s, bounded by the startup's CPU
+                out["idle"]["resync_cpu_bound_s"] = cpu_start
+                out["idle"]["cpu_pct_with_resync"] = 100 * (idle_cpu + cpu_start / 60.0)
         if "protect" in only:
             log(f"protect: {sc['protect']} new VMs on {pbr}")
             macs = [hostmod.vm_mac(i, 0x70) for i in range(sc["protect"])]

@@ -190,11 +190,17 @@ class _Watch:
 
         self.nl = nl
         self.listener = nl.Listener(rcvbuf=64 * 1024 * 1024)
+        self.backlog: list = []  # (event, arrival time) read but not yet looked at
 
     def wait(self, pred, timeout: float):
-        """The arrival time of the first event for which pred(ev) is true, or None after timeout."""
+        """The arrival time of the first event for which pred(ev) is true, or None after timeout. Events
+        read together with it are kept for the next wait() (two pins can come in one read)."""
         end = time.monotonic() + timeout
         while True:
+            while self.backlog:
+                ev, at = self.backlog.pop(0)
+                if pred(ev):
+                    return at
             left = end - time.monotonic()
             if left <= 0:
                 return None
@@ -206,9 +212,7 @@ class _Watch:
             except self.nl.Overflow:
                 continue
             now = time.monotonic()
-            for ev in events:
-                if pred(ev):
-                    return now
+            self.backlog.extend((ev, now) for ev in events)
 
     def close(self):
         self.listener.close()

@@ -36,6 +36,9 @@ class Dispatcher:
         self._narrow: dict = {}  # bridge in _pending -> the domains it is narrowed to (absent: whole bridge)
         self._reasons: list = []
         self._first = self._last = None
+        # name -> True when the inventory was refreshed and the maps now know more (the daemon's): asked
+        # about an interface that joins a bridge but is no known VM tap (a VM's XML written meanwhile)
+        self.refresh_inventory: Optional[Callable[[str], bool]] = None
 
     def set_inventory(self, nics: Iterable) -> None:
         self.tap_bridge, self.tap_domain, self.vm_bridges, self.mac_bridges = {}, {}, set(), {}
@@ -102,6 +105,9 @@ class Dispatcher:
             names = {n for n in (ev.name, old) if n}
             reason = f"link {ev.action} {'/'.join(sorted(names))}"
             master = self.index_name.get(ev.master) if ev.master else None
+            if (master and ev.action == "new" and ev.name and ev.name not in self.tap_bridge
+                    and ev.name not in self.vm_bridges and self.refresh_inventory is not None):
+                self.refresh_inventory(ev.name)  # a port joined a bridge: perhaps a VM the maps predate
             taps = [n for n in names if n in self.tap_bridge]
             if taps and not any(n in self.vm_bridges for n in names):
                 # A VM's tap: that VM on the bridge the XML names (and on the one it is a port of now).

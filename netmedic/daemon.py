@@ -249,6 +249,7 @@ class Daemon:
         self.hook_domains: dict = {}  # name -> (Domain a hook sent, monotonic expiry)
         self._known_nics: Optional[dict] = None  # domain -> its NICs, as of the latest pass
         self.listener = None
+        self.dispatcher.refresh_inventory = self._refresh_inventory
         self._links_complete = False  # the dispatcher's ifindex maps hold every link (a full pass ran)
 
     # --- sources and status ----------------------------------------------------------------------
@@ -317,6 +318,20 @@ class Daemon:
                 return {"ok": False, "error": "reconcile failed"}
             return {"ok": True, "results": results, "correlation_id": report.correlation_id if report else None}
         raise ValueError(f"unknown request {kind!r}")
+
+    def _refresh_inventory(self, name: str) -> bool:
+        """The dispatcher met a port it does not know as a VM tap: if the run-state XML changed since the
+        last pass (the inventory is reused while the inotify watch vouches for it), reload it."""
+        before = self.engine.inventory
+        try:
+            self.engine.extra_domains = self._extra_domains()
+            inv = self.engine.load_inventory()
+        except NetmedicError:
+            return False
+        if inv is before:
+            return False
+        self.dispatcher.set_inventory(inv.nics)
+        return name in self.dispatcher.tap_bridge
 
     def host_macs(self):
         """Every host interface's MAC as of now, from the link events and observations (no read of
