@@ -262,13 +262,28 @@ def fig_daemon(topo, h, sc, workdir, policy, only) -> dict:
             out["storm"] = run_storm(topo, h, d, lines, injected, sc["storm_rate"], sc["storm_seconds"],
                                      heal_timeout=30 if sc is QUICK else 90)
             log(f"storm: {out['storm']}")
-            lines, injected = storm_lines(h, workdir, "daemon-flood.lines", inject_every, first_vm=len(injected))
-            log("events: daemon under a flood beyond the socket's capacity")
-            out["flood"] = run_storm(topo, h, d, lines, injected, 0, min(5, sc["storm_seconds"]),
-                                     heal_timeout=30 if sc is QUICK else 120)
         out["daemon_alive"] = d.proc.poll() is None
     finally:
         out["daemon_rc"] = d.stop()
+    if "events" in only:
+        # Beyond the socket's capacity: with its default 4 MiB buffer the daemon keeps up with the fastest
+        # generator this machine has, so a daemon with a small buffer stands in for a bigger storm.
+        rcvbuf = 128 * 1024
+        wd = os.path.join(workdir, "flood")
+        os.makedirs(wd, exist_ok=True)
+        d = Daemon(topo, h.ns, wd, h.domain_dir, h.network_dir, policy, "--resync", "60",
+                   "--netlink-rcvbuf", str(rcvbuf))
+        try:
+            d.wait_started()
+            n = int(sc["storm_rate"] * sc["storm_seconds"])
+            inject_every = max(50, n // 20)
+            lines, injected = storm_lines(h, workdir, "daemon-flood.lines", inject_every, first_vm=500)
+            log(f"events: daemon (netlink buffer {rcvbuf // 1024} KiB) under a flood beyond its capacity")
+            out["flood"] = run_storm(topo, h, d, lines, injected, 0, min(5, sc["storm_seconds"]),
+                                     heal_timeout=30 if sc is QUICK else 120)
+            out["flood"]["rcvbuf"] = rcvbuf
+        finally:
+            d.stop()
     return out
 
 

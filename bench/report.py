@@ -61,8 +61,9 @@ def rows(r: dict) -> list:
             ok = healed_all and st["overflows"] > 0 and st["overflow_resyncs"] > 0
             target = "overflow detected, resync done, no violation missed"
         t_heal = st["seconds_to_all_healed_after_storm"]
+        buf = f"; daemon's netlink buffer {st['rcvbuf'] // 1024} KiB" if st.get("rcvbuf") else ""
         out.append((label, f"{st['gen_rate']:,.0f} moves/s for {st['gen_seconds']:.1f} s ({st['generated']:,}), "
-                    f"{st['injected']} VM MACs moved to the uplink among them", "—",
+                    f"{st['injected']} VM MACs moved to the uplink among them{buf}", "—",
                     f"overflows {st['overflows']}, overflow resyncs {st['overflow_resyncs']}, poisoned detected "
                     f"{st['detected_poisoned']}/{st['injected']}, re-pinned {st['healed']}/{st['injected']}"
                     f" ({'all ' + fmt(t_heal, ' s', 1) + ' after the storm' if t_heal is not None else 'NOT all'}"

@@ -122,10 +122,10 @@ def consume(cfg: dict) -> dict:
         seen_macs: set = set()
         submit = dispatcher.submit
 
-        def counting_submit(bridges, reason, _submit=submit, _seen=seen_macs):
+        def counting_submit(bridges, reason, domains=None, _submit=submit, _seen=seen_macs):
             if reason.startswith("fdb "):
                 _seen.add(reason.rsplit(" ", 1)[-1])
-            _submit(bridges, reason)
+            _submit(bridges, reason, domains=domains)
 
         dispatcher.submit = counting_submit
         listener = nl.Listener(rcvbuf=cfg["rcvbuf"])

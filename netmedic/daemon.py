@@ -248,6 +248,7 @@ class Daemon:
         self._source_due: dict = {}  # id(source) -> monotonic time of its next poll (None: none wanted)
         self.hook_domains: dict = {}  # name -> (Domain a hook sent, monotonic expiry)
         self._known_nics: Optional[dict] = None  # domain -> its NICs, as of the latest pass
+        self._known_networks: Optional[dict] = None  # and the networks
         self.listener = None
         self.dispatcher.refresh_inventory = self._refresh_inventory
         self._links_complete = False  # the dispatcher's ifindex maps hold every link (a full pass ran)
@@ -468,6 +469,7 @@ class Daemon:
         if inv is not None:
             self.dispatcher.set_inventory(inv.nics)
             self._known_nics = _nics_by_domain(inv)
+            self._known_networks = inv.networks
         if self.engine.last_links is not None:  # no second link dump: the pass's own observation
             self.dispatcher.set_links(self.engine.last_links, complete=self.engine.last_links_complete)
             self._links_complete = self._links_complete or self.engine.last_links_complete
@@ -477,13 +479,15 @@ class Daemon:
         """The run-state XML changed (a VM started, stopped, was edited): reconcile the VMs whose NICs
         changed, on their old and new bridges, not the whole host."""
         try:
-            inv = inventory.load(self.engine.domain_dir, self.engine.network_dir, self._extra_domains())
+            self.engine.extra_domains = self._extra_domains()
+            inv = self.engine.load_inventory()
         except NetmedicError:
             self.dispatcher.submit(None, "domain/network XML changed")
             return
+        self.dispatcher.set_inventory(inv.nics)
         now = _nics_by_domain(inv)
         before = self._known_nics
-        if before is None or inv.networks != getattr(self.engine.inventory, "networks", inv.networks):
+        if before is None or inv.networks != self._known_networks:
             self.dispatcher.submit(None, "domain/network XML changed")
             return
         narrow: dict = {}
@@ -597,7 +601,7 @@ class Daemon:
 
         watch = XmlWatch([self.engine.domain_dir, self.engine.network_dir])
         self.add_source(watch)
-        self.engine.inventory_token = watch.generation
+        self.engine.inventory_changes = watch.take_changes
         if watch.error:
             self.note_source("xmlwatch", "off", error=watch.error)
         if self.socket_path:

@@ -67,8 +67,8 @@ class Engine:
         self.last_links_complete = False  # ... and whether that was every link of the host
         self.inventory = None
         self.extra_domains: list = []  # inventory.Domain objects not (yet) in the run-state directory
-        self.inventory_token: Optional[Callable] = None  # () -> token unchanged while the XML is, or None
-        self._inventory_token = None
+        self.inventory_changes: Optional[Callable] = None  # () -> paths changed since last asked, or None
+        self._extras: tuple = ()
 
     # --- the parts --------------------------------------------------------------------------
     def _audit(self, event: str, **fields) -> None:
@@ -76,15 +76,16 @@ class Engine:
             self.audit.event(event, **fields)
 
     def load_inventory(self):
-        """The run-state XML (plus extra domains). With `inventory_token` (the daemon's inotify watch on
-        the directories), the previous load is reused while the token says no file changed."""
-        token = self.inventory_token() if self.inventory_token is not None else None
-        if token is not None:
-            token = (token, tuple(self.extra_domains))
-            if self.inventory is not None and token == self._inventory_token:
-                return self.inventory
-        self.inventory = inventory_mod.load(self.domain_dir, self.network_dir, self.extra_domains)
-        self._inventory_token = token
+        """The run-state XML (plus extra domains). With `inventory_changes` (the daemon's inotify watch:
+        the paths changed since it was last asked, None when it cannot tell) only those files are read
+        again, and the previous inventory is reused as it is when none changed."""
+        changed = self.inventory_changes() if self.inventory_changes is not None else None
+        extras = tuple(self.extra_domains)
+        if changed is not None and not changed and self.inventory is not None and extras == self._extras:
+            return self.inventory
+        self.inventory = inventory_mod.load(self.domain_dir, self.network_dir, self.extra_domains,
+                                            changed=changed if self.inventory is not None else None)
+        self._extras = extras
         return self.inventory
 
     def observe(self, bridges: Optional[Iterable[str]] = None, firewall: bool = True,

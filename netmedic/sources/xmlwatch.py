@@ -16,6 +16,7 @@ _IN_CLOEXEC = os.O_CLOEXEC
 # IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF
 _MASK = 0x8 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800
 _IN_IGNORED = 0x8000
+_IN_Q_OVERFLOW = 0x4000
 _EVENT = struct.Struct("=iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
 _HEADER = _EVENT.size
 
@@ -29,6 +30,8 @@ class XmlWatch:
         self.watched: dict = {}  # wd -> directory
         self.error: Optional[str] = None
         self.changes = 0
+        self.paths: set = set()  # changed since take_changes() last ran
+        self.complete = True  # False after an event-queue overflow or a directory re-watched
         try:
             self._libc = ctypes.CDLL(None, use_errno=True)
             fd = self._libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
@@ -55,17 +58,16 @@ class XmlWatch:
     def fileno(self):
         return self.fd
 
-    def generation(self):
-        """A token that stays the same while no run-state XML changed (nothing happened in the watched
-        directories since the last read), None when that cannot be vouched for: not every directory is
-        watched, or changes are waiting to be read. The engine reuses its inventory while it holds."""
-        import select
-
-        if self.fd is None or len(self.watched) != len(self.dirs):
+    def take_changes(self) -> Optional[set]:
+        """The paths created, written, moved or deleted in the watched directories since the last call
+        (reading what is pending first), or None when that cannot be vouched for: not every directory
+        is watched, or the kernel's event queue overflowed. The engine re-reads only those files."""
+        self._read()
+        paths, complete = self.paths, self.complete
+        self.paths, self.complete = set(), True
+        if self.fd is None or len(self.watched) != len(self.dirs) or not complete:
             return None
-        if select.select([self.fd], [], [], 0)[0]:
-            return None
-        return self.changes
+        return paths
 
     def status(self) -> dict:
         return {"state": "watching" if self.watched else "off", "directories": sorted(self.watched.values()),
@@ -77,8 +79,11 @@ class XmlWatch:
             return None
         return now + 2.0
 
-    def on_readable(self, daemon) -> None:
-        changed = False
+    def _read(self) -> bool:
+        """Read the pending events into self.paths; True when there were any."""
+        if self.fd is None:
+            return False
+        got = False
         while True:
             try:
                 data = os.read(self.fd, 65536)
@@ -90,15 +95,25 @@ class XmlWatch:
                 break
             if not data:
                 break
-            changed = True
+            got = True
             off = 0
             while off + _HEADER <= len(data):
                 wd, mask, _cookie, length = _EVENT.unpack_from(data, off)
+                name = data[off + _HEADER:off + _HEADER + length].split(b"\0", 1)[0]
+                if mask & _IN_Q_OVERFLOW:
+                    self.complete = False
                 if mask & _IN_IGNORED:  # the directory went away: poll() watches it again once it is back
                     self.watched.pop(wd, None)
+                    self.complete = False
+                elif wd in self.watched and name:
+                    self.paths.add(os.path.join(self.watched[wd], os.fsdecode(name)))
                 off += _HEADER + length
-        if changed:
+        if got:
             self.changes += 1
+        return got
+
+    def on_readable(self, daemon) -> None:
+        if self._read():
             daemon.xml_changed()
 
     def close(self) -> None:
