@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import statistics
 import subprocess
 import sys
@@ -75,9 +76,13 @@ def fig_virsh(sc: dict, workdir: str) -> dict:
         from tests import test_libvirt as tl
     except Exception as exc:  # noqa: BLE001 - pytest or the harness missing: not measurable here
         return {"skipped": f"tests/test_libvirt.py is not importable: {exc!r}"}
-    why = tl._why_not()
-    if why:
-        return {"skipped": why}
+    if os.geteuid() != 0:
+        return {"skipped": "needs root"}
+    for tool in ("libvirtd", "virtlogd", "virsh", "qemu-system-x86_64"):
+        if shutil.which(tool, path=tl.CLEAN_ENV["PATH"]) is None:
+            return {"skipped": f"{tool} is not installed (scripts/libvirt-test-env.sh)"}
+    # a libvirtd running now may be a test run's (it holds the lock while it runs): wait for the lock
+    # first, then refuse if a libvirtd still runs (the host's own, which must not be restarted)
     lock = None
     if os.path.isdir("/etc/libvirt/hooks"):
         wait = float(sc.get("virsh_lock_wait", 600))

@@ -69,9 +69,12 @@ class Guard:
         s = self._subject(key)
         return bool(s.pop("tripped", False))
 
-    def acted(self, key: str) -> None:
+    def acted(self, key: str, domain: Optional[str] = None) -> None:
         now = self.clock()
-        self._subject(key)["actions"].append(now)
+        s = self._subject(key)
+        s["actions"].append(now)
+        if domain:
+            s["domain"] = domain  # so that the VM's stop can forget it (forget_domain)
         self._subject(GLOBAL)["actions"].append(now)
 
     def succeeded(self, key: str) -> None:
@@ -98,6 +101,15 @@ class Guard:
 
     def forget(self, key: str) -> None:
         self.store.pop(key, None)
+
+    def forget_domain(self, domain: str) -> list:
+        """A VM stopped: what was counted against its subjects (fixes, failures, an open breaker) was
+        about taps that are gone. Its next start is a new subject, not a relapse: restarting a VM five
+        times in ten minutes must not trip the breaker and leave it unprotected. Returns the keys."""
+        keys = [k for k, s in self.store.items() if k != GLOBAL and s.get("domain") == domain]
+        for k in keys:
+            del self.store[k]
+        return keys
 
     def prune(self, active: set, horizon: float = 86400.0) -> None:
         """Drop subjects with no activity within the horizon that are not active now."""

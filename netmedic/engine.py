@@ -206,7 +206,7 @@ class Engine:
             if guard.took_trip(v.key):
                 self._audit("breaker_open", **fields, reason=why, level="alert")
             return self._not_applied(v, plan, "skipped", why, fields)
-        guard.acted(v.key)
+        guard.acted(v.key, v.subject.domain)
         t0 = time.monotonic()
         applied: list = []
         try:
@@ -327,6 +327,8 @@ class Engine:
             if ok:
                 del self.state.records[key]
                 released.append({**rec, "result": "released", "reason": why})
+                if kind == "fdb_pin" and rec.get("domain") and rec["domain"] not in snap.inventory.domains:
+                    Guard(self.state.guard, self.clock).forget_domain(rec["domain"])  # the VM stopped
                 self._audit("released", record=rec, reason=why, steps=[s.description for s in steps],
                             subject=Subject(bridge=rec.get("bridge"), port=rec.get("port"),
                                             domain=rec.get("domain"), mac=rec.get("mac")).as_dict())
@@ -360,6 +362,8 @@ class Engine:
             self.audit.new_correlation(trigger)
         released = []
         with self.state.locked(write=not self.dry_run):
+            if mac is None and not self.dry_run:
+                Guard(self.state.guard, self.clock).forget_domain(domain)
             mine = {k: r for k, r in self.state.records.items() if r.get("domain") == domain
                     and (mac is None or r.get("mac") == mac)}
             if not mine:

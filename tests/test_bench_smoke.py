@@ -36,3 +36,34 @@ def test_bench_quick_reconcile(tmp_path):
     assert res["namespaces"], "the run must say which namespaces it made"
     for ns in res["namespaces"]:
         assert not os.path.exists(os.path.join("/run/netns", ns)), f"{ns} was left behind"
+
+
+def test_bench_quick_daemon_and_hook(tmp_path):
+    """The daemon figures and the hook figure at a small scale: every protected VM pinned, every
+    detached tap re-pinned, every MAC moved in the storms healed, the flood overflowed the small buffer
+    and ended in resyncs, and with a daemon running every hook phase was handled by the daemon."""
+    out, raw = tmp_path / "benchmarks.md", tmp_path / "results.json"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "events,protect,footprint,hook",
+                           "--out", str(out), "--json", str(raw)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(raw.read_text())
+    dmn = res["daemon"]
+    assert dmn["daemon_alive"] and dmn["daemon_rc"] == 0
+    assert len(dmn["protect"]["samples"]) == res["scale"]["protect"] and not dmn["protect"]["missed"]
+    assert not dmn["heal"]["missed"] and len(dmn["heal"]["all_healed"]) == res["scale"]["heal"]
+    for key in ("storm", "flood"):
+        st = dmn[key]
+        assert st["injected"] > 0 and st["healed"] == st["injected"], (key, st)
+    assert dmn["flood"]["overflows"] > 0 and dmn["flood"]["overflow_resyncs"] > 0, dmn["flood"]
+    for c in res["consume"]["rates"]:
+        assert c["detected"] == c["injected"], c
+    hk = res["hook"]
+    assert all(rc == 0 for m in ("daemon", "no_daemon") for rcs in hk[m]["rc"].values() for rc in rcs)
+    # prepare/start/started/stopped/release, each round: all five done by the daemon
+    assert hk["daemon"]["handled_by_daemon"] == 5 * res["scale"]["hook_repeat"]
+    text = out.read_text()
+    assert "time to protect" in text and "hook cost: `start` (daemon)" in text
+    for ns in res["namespaces"]:
+        assert not os.path.exists(os.path.join("/run/netns", ns)), f"{ns} was left behind"

@@ -115,7 +115,9 @@ def test_rendered_scripts_and_rule(tmp_path):
     with pytest.raises(ValueError):
         render_script("netmedic", sys.executable, env={"PATH": "/bin"})
     rule = render_udev_rule("/opt/x/netmedic-udev")
-    assert 'SUBSYSTEM=="net", ACTION=="add|remove", RUN+="/opt/x/netmedic-udev"' in rule
+    assert ('SUBSYSTEM=="net", ACTION=="add|remove", KERNEL!="lo", TEST=="/run/netmedic/netmedic.sock", '
+            'RUN+="/opt/x/netmedic-udev"') in rule
+    assert 'TEST=="/x/s"' in render_udev_rule("/opt/x/netmedic-udev", socket="/x/s")
     assert INSTALL_PATHS["netmedic-udev"] not in rule
     for name in ("netmedic", "netmedic-udev"):  # shipped: absolute interpreter, executable, not g/o-writable
         st = os.stat(os.path.join(SCRIPTS_DIR, name))

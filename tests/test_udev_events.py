@@ -50,7 +50,7 @@ def udevhost(topo, tmp_path):
     with open(program, "w") as fh:
         fh.write(render_script("netmedic-udev", sys.executable, env={"NETMEDIC_SOCKET": sock}, pythonpath=ROOT))
     os.chmod(program, 0o755)
-    lab.install_udev_rule("90-netmedic.rules", render_udev_rule(program))
+    lab.install_udev_rule("90-netmedic.rules", render_udev_rule(program, socket=sock))
     topo.bridge(host, "br0")
     return topo, host, vm, lab, nm, sock
 

@@ -4,6 +4,7 @@ dispatcher/scripts/*). Each turns an event into a reconcile request of the affec
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 SCRIPTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dispatcher", "scripts")
 UDEV_DIR = os.path.join(os.path.dirname(SCRIPTS_DIR), "udev")
@@ -44,13 +45,18 @@ def render_script(name: str, python: str, env=None, pythonpath=None) -> str:
     return render_entry(os.path.join(SCRIPTS_DIR, name), python, env, pythonpath)
 
 
-def render_udev_rule(program: str) -> str:
-    """dispatcher/udev/90-netmedic.rules with RUN+= pointing at `program` (an absolute path)."""
-    if not os.path.isabs(program) or '"' in program:
-        raise ValueError("the RUN program must be an absolute path without quotes")
+def render_udev_rule(program: str, socket: Optional[str] = None) -> str:
+    """dispatcher/udev/90-netmedic.rules with RUN+= pointing at `program` (an absolute path) and, with
+    `socket`, the TEST for the daemon's socket pointing there."""
+    for path in (program, socket):
+        if path is not None and (not os.path.isabs(path) or '"' in path):
+            raise ValueError("the RUN program and the socket must be absolute paths without quotes")
     with open(os.path.join(UDEV_DIR, "90-netmedic.rules"), encoding="utf-8") as fh:
         text = fh.read()
-    return text.replace(INSTALL_PATHS["netmedic-udev"], program)
+    text = text.replace(INSTALL_PATHS["netmedic-udev"], program)
+    if socket is not None:
+        text = text.replace('TEST=="/run/netmedic/netmedic.sock"', f'TEST=="{socket}"')
+    return text
 
 
 class NullListener:
