@@ -277,7 +277,7 @@ def fig_daemon(topo, h, sc, workdir, policy, only) -> dict:
             d.wait_started()
             n = int(sc["storm_rate"] * sc["storm_seconds"])
             inject_every = max(50, n // 20)
-            lines, injected = storm_lines(h, workdir, "daemon-flood.lines", inject_every, first_vm=500)
+            lines, injected = storm_lines(h, workdir, "daemon-flood.lines", inject_every, first_vm=len(h.vms) // 2)
             log(f"events: daemon (netlink buffer {rcvbuf // 1024} KiB) under a flood beyond its capacity")
             out["flood"] = run_storm(topo, h, d, lines, injected, 0, min(5, sc["storm_seconds"]),
                                      heal_timeout=30 if sc is QUICK else 120)
