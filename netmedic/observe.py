@@ -139,8 +139,12 @@ def observe(netlink, inventory: Inventory, records: Optional[dict] = None,
         known = {link.index for link in links.values()}
         for entry in entries:
             if entry is not None and entry.port_index not in known:
-                _add(links, netlink.link(entry.port_index))
+                port = netlink.link(entry.port_index)
+                _add(links, port)
                 known.add(entry.port_index)
+                if port is not None and port.kind in ("bond", "team"):  # its members, as a bridge pass has
+                    for member in netlink.links(master=port.index):
+                        _add(links, member)
 
     keys = [("net", "ipv4", "ip_forward"), ("net", "bridge", "bridge-nf-call-iptables")]
     for net in inventory.networks.values():
