@@ -377,6 +377,25 @@ def test_vm_restarts_are_not_flapping(tmp_path):
     assert not [e for e in audit_lines(tmp_path) if e["event"] == "breaker_open"]
 
 
+def test_narrowed_pass_sees_the_members_of_the_bond_a_mac_was_learned_on(tmp_path):
+    """A pass narrowed to one VM does not dump the bridge's ports; when that VM's MAC was learned on a
+    round-robin bond, the bond comes in through the fdb entry, and its members with it, so that
+    uplink_aggregation's evidence is the same as in a pass over the whole bridge."""
+    from snapshots import link
+
+    links = [bridge("br0", 2), uplink("bond0", 3, master=2, bond_mode=0), link("eth0", 4, master=3),
+             link("eth1", 5, master=3), tap("vnet0", 10, master=2)]
+    host = FakeHost(links, {(2, MAC1): fdb(MAC1, 3, 2)})
+    engine = make_engine(tmp_path, host, VM1, policy=make_policy(tmp_path, mode="observe"))
+    evidence = {}
+    for kw in ({"bridges": ["br0"], "domains": {"br0": ["vm1"]}}, {"bridges": ["br0"]}):
+        report = engine.reconcile(**kw)
+        found = [o.violation for o in report.outcomes if o.violation.invariant == "uplink_aggregation"]
+        assert found, results(report)
+        evidence[kw.get("domains") is None] = found[0].evidence["members"]
+    assert evidence == {False: ["eth0", "eth1"], True: ["eth0", "eth1"]}
+
+
 # --- netmedic's records -----------------------------------------------------------------------------------
 def pin_record(mac, port, domain):
     return {"kind": "fdb_pin", "key": f"fdb_pin:br0:{mac}", "bridge": "br0", "port": port, "mac": mac,
