@@ -96,13 +96,17 @@ def rows(r: dict) -> list:
                     _met(n["lost"] == 0)))
     idle = dmn.get("idle")
     if idle:
+        wins = idle.get("windows") or [{"cpu_pct": idle["cpu_pct_window"]}]
+        spread = (f"median of {len(wins)} windows: {idle['cpu_pct_window']:.2f} % (min "
+                  f"{min(w['cpu_pct'] for w in wins):.2f} – max {max(w['cpu_pct'] for w in wins):.2f})"
+                  if len(wins) > 1 else f"{idle['cpu_pct_window']:.2f} %")
         if idle.get("resyncs_in_window"):
-            cpu = (f"CPU {idle['cpu_pct_window']:.2f} % over the window, which holds {idle['resyncs_in_window']} "
-                   f"periodic resync(s) (a full pass: {', '.join(f'{x:.0f}' for x in idle['resync_ms'])} ms)")
+            cpu = (f"CPU {spread}; each window holds {idle['resyncs_in_window']} periodic resync(s) (a full "
+                   f"pass: {', '.join(f'{x:.0f}' for x in idle['resync_ms'])} ms)")
         else:
-            cpu = (f"CPU {idle['cpu_pct_window']:.2f} % in the window, {idle['cpu_pct_with_resync']:.2f} % with one "
+            cpu = (f"CPU {spread} in the window, {idle['cpu_pct_with_resync']:.2f} % with one "
                    f"resync per 60 s (≤ {idle['resync_cpu_bound_s']:.1f} CPU-s each)")
-        out.append(("daemon footprint, idle", f"{host.get('vms')}-VM host, {idle['window_s']} s window, resync 60 s",
+        out.append(("daemon footprint, idle", f"{host.get('vms')}-VM host, {len(wins)} × {idle['window_s']} s, resync 60 s",
                     "—", f"RSS {idle['rss_mb']:.1f} MB; {cpu}", "—", "RSS ≤ 80 MB; idle CPU ≤ 1 %",
                     _met(idle["rss_mb"] <= 80 and idle["cpu_pct_with_resync"] <= 1)))
     st = dmn.get("storm")
@@ -205,8 +209,10 @@ ANALYSIS = """
 - **Seed case**: labnet's seed topology (tc mirred reflection on the switch port); baseline: the same
   topology without netmedic. With netmedic: the daemon runs, then the "VM starts" (domain XML written,
   tap enslaved), the pin is awaited, then the VM pings its gateway every 10 ms.
-- **Footprint**: /proc/PID/status VmRSS and utime+stime of the daemon process; the idle window (62 s)
-  holds the daemon's periodic full resync (every 60 s), so its CPU is in the figure.
+- **Footprint**: /proc/PID/status VmRSS and utime+stime of the daemon process; idle: three windows of
+  62 s back to back, each holding one of the daemon's periodic full resyncs (every 60 s), so its CPU is
+  in the figure; the median window is judged (one window of a run disturbed by the shared machine's other
+  users measured 1.24 % where its neighbours in other runs measured 0.27–0.56 %).
 - **Hook**: the qemu entry script rendered as the tests install it (`render_script`, /usr/bin/python3,
   the Debian interpreter with pyroute2 0.7.2), run per operation with the domain XML on stdin and only
   LC_ALL/PATH/HOME in the environment, in a namespace with that many running domains (taps, pins, XML).
@@ -244,7 +250,8 @@ ANALYSIS = """
   drained first, so every change the kernel made before the question is in), instead of reading sysfs
   (~11 ms for 400 interfaces). Without a daemon the imports of pyroute2, structlog and PyYAML dominate
   (~100–300 ms): that fallback is not what the target is about, and is reported for completeness.
-- **Idle CPU** is the periodic full resync (a few hundred ms every 60 s at 1,000 VMs) and the 1 s poll.
+- **Idle CPU** is the periodic full resync (at 1,000 VMs about 0.1–0.15 CPU-s every 60 s, a third of it the
+  dump of 2,000 links, requested without their counters) and the 1 s poll of the policy file and XML dirs.
 - **Listener + Dispatcher alone** (the raw parser) consume far more than 20k/s; the generator
   (`bridge -batch` fed by a Python pacer, on the same 2 shared CPUs) is the limit of the "flat out" row.
 """

@@ -135,6 +135,8 @@ _RTM_DELLINK = 17
 _RTM_GETLINK = 18
 _RTM_SETLINK = 19
 _IFLA_EXT_MASK_BRVLAN = 2  # RTEXT_FILTER_BRVLAN
+_IFLA_EXT_MASK = 29
+_RTEXT_FILTER_SKIP_STATS = 8
 _BRIDGE_VLAN_INFO_PVID = 0x2
 _BRIDGE_VLAN_INFO_UNTAGGED = 0x4
 _RTM_NEWNEIGH = 28
@@ -939,6 +941,8 @@ class RawRtnl:
         what = "list links" if master is None else f"list the ports of ifindex {master}"
         seq = self._next_seq()
         body = _IFINFOMSG.pack(_AF_UNSPEC, 0, 0, 0, 0)
+        # no counters (IFLA_STATS/STATS64, a third of each message): LinkInfo has none
+        body += _RTATTR.pack(8, _IFLA_EXT_MASK) + _U32.pack(_RTEXT_FILTER_SKIP_STATS)
         if master is not None:
             body += _RTATTR.pack(8, _IFLA_MASTER) + _U32.pack(int(master))
         self._drain_stale()
