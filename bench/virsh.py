@@ -41,28 +41,6 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def _lock(timeout: float):
-    """tests/test_libvirt._serialize() with a result instead of pytest.skip: the fd holding the flock
-    on /etc/libvirt/hooks, or None when another run kept it for `timeout` seconds."""
-    import fcntl
-
-    fd = os.open("/etc/libvirt/hooks", os.O_RDONLY | os.O_DIRECTORY)
-    deadline = time.monotonic() + timeout
-    warned = False
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                os.close(fd)
-                return None
-            if not warned:
-                log(f"virsh: another run holds /etc/libvirt/hooks; waiting up to {timeout:.0f} s")
-                warned = True
-            time.sleep(0.5)
-
-
 def _version(argv) -> str:
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout.strip()
@@ -86,7 +64,8 @@ def fig_virsh(sc: dict, workdir: str) -> dict:
     lock = None
     if os.path.isdir("/etc/libvirt/hooks"):
         wait = float(sc.get("virsh_lock_wait", 600))
-        lock = _lock(wait)
+        lock = tl.hooks_lock(wait, on_wait=lambda: log(f"virsh: another run holds /etc/libvirt/hooks; "
+                                                      f"waiting up to {wait:.0f} s"))
         if lock is None:
             return {"skipped": f"another run kept libvirt busy (/etc/libvirt/hooks locked for {wait:.0f} s)"}
     try:

@@ -248,9 +248,11 @@ def wait_for(pred, timeout=10.0, interval=0.05):
         time.sleep(interval)
 
 
-def _serialize(timeout=900):
+def hooks_lock(timeout: float, on_wait=None):
     """Test runs on this machine take turns (another engineer's suite may run this module at the same
-    moment): an flock on /etc/libvirt/hooks itself, so no lock file is left behind."""
+    moment), and so does the virsh benchmark: an flock on /etc/libvirt/hooks itself, so no lock file is
+    left behind. Returns the fd holding it, or None when another run kept it for `timeout` seconds;
+    `on_wait()` is called once if it has to wait."""
     import fcntl
 
     fd = os.open("/etc/libvirt/hooks", os.O_RDONLY | os.O_DIRECTORY)
@@ -262,8 +264,18 @@ def _serialize(timeout=900):
         except BlockingIOError:
             if time.monotonic() > deadline:
                 os.close(fd)
-                pytest.skip("another test run kept libvirt busy")
+                return None
+            if on_wait is not None:
+                on_wait()
+                on_wait = None
             time.sleep(0.5)
+
+
+def _serialize(timeout=900):
+    fd = hooks_lock(timeout)
+    if fd is None:
+        pytest.skip("another test run kept libvirt busy")
+    return fd
 
 
 def _foreign_hooks() -> list:
