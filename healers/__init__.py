@@ -1,11 +1,14 @@
 """Healers: one per violation class. A healer only plans: it turns a Violation and the Snapshot it was
-found in into a Plan of Steps (each with its undo). The engine applies the plan, verifies it by
-observing again, rolls it back if verification fails, and audits every step.
+found in into a Plan of Steps (each with its undo), and says when a record it made may go (release).
+The engine applies the plan, verifies it by observing again, rolls it back if verification fails, and
+audits every step.
 
-Registered in one explicit list, plus the `netmedic.healers` entry-point group for third parties.
+Each module holds one netmedic.plugin.Healer (its PLUGIN), registered in the one explicit list below,
+plus the `netmedic.healers` entry-point group for third parties.
 """
 from __future__ import annotations
 
+from netmedic import plugin
 from netmedic.healers import (
     fdb_pin,
     ip_forward,
@@ -17,20 +20,21 @@ from netmedic.healers import (
     vlan_add,
 )
 
-HEALERS = {m.NAME: m for m in (fdb_pin, reattach, port_state, ip_forward, netfilter_accept, quarantine, mtu_set,
-                               vlan_add)}
+BUILTIN = (fdb_pin, reattach, port_state, ip_forward, netfilter_accept, quarantine, mtu_set, vlan_add)
+HEALERS = {m.PLUGIN.NAME: plugin.validate_healer(m.PLUGIN) for m in BUILTIN}
 
 
 def load_entry_points() -> None:
     """Add third-party healers registered under the `netmedic.healers` entry-point group."""
-    try:
-        from importlib.metadata import entry_points
-    except ImportError:  # pragma: no cover
-        return
-    try:
-        eps = entry_points(group="netmedic.healers")  # 3.10+
-    except TypeError:  # 3.9
-        eps = entry_points().get("netmedic.healers", [])
-    for ep in eps:
-        mod = ep.load()
-        HEALERS.setdefault(getattr(mod, "NAME", ep.name), mod)
+    for healer in plugin.entry_points("netmedic.healers"):
+        healer = plugin.validate_healer(healer)
+        HEALERS.setdefault(healer.NAME, healer)
+
+
+def for_record(record: dict):
+    """The healer that created a record (by its kind), or None."""
+    kind = record.get("kind") if isinstance(record, dict) else None
+    for healer in HEALERS.values():
+        if kind in healer.record_kinds():
+            return healer
+    return None

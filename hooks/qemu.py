@@ -1,8 +1,8 @@
 """The libvirt qemu hook's phases (docs/event-sources.md).
 
-  prepare begin     duplicate-MAC check of the new domain against every other running domain (their
-                    status XML) and the host's interfaces: refuse the start when the policy says
-                    unique_mac.on_start: refuse-start, else allow and audit.
+  prepare begin     each enabled invariant's admit() judges the new domain against every other running
+                    domain (their status XML) and the host's interfaces (the duplicate-MAC check):
+                    refuse the start only when the policy says so, else allow and audit.
   start begin       the taps exist and are enslaved, the guest has not run: reconcile the domain's
                     bridges with the domain from stdin, so its MACs are pinned static sticky before
                     the guest sends a frame; record its interfaces (audit).
@@ -65,40 +65,23 @@ def domain_from_request(event: dict, networks=None):
 
 def decide_start(policy, dom, others: dict, host_macs: dict):
     """prepare begin's decision: (result 'allowed'|'refused', reason or None, clashes, audit fields).
-    others: name -> Domain of every running domain; host_macs: ifname -> MAC."""
-    ipol = policy.invariants["unique_mac"]
-    mine = [n for n in dom.nics if policy.in_scope(n.bridge, dom.name)] if ipol.enabled else []
-    used: dict = {}  # mac -> [description of the other user]
-    for other in others.values():
-        if other.name == dom.name:
+    others: name -> Domain of every running domain; host_macs: ifname -> MAC. Each enabled invariant's
+    admit() is asked; only an explicit policy decision (an Admission with refuse) refuses the start."""
+    from netmedic.policies import INVARIANTS
+
+    verdicts = []
+    for name, inv in INVARIANTS.items():
+        ipol = policy.invariants.get(name)
+        if ipol is None or not ipol.enabled:
             continue
-        for n in other.nics:
-            used.setdefault(n.mac, []).append(f"VM {other.name}" + (f" ({n.tap} on {n.bridge})" if n.tap
-                                                                     else f" (on {n.bridge})"))
-    own_taps = {n.tap for n in dom.nics if n.tap}
-    for ifname, mac in sorted(host_macs.items()):
-        if ifname not in own_taps:
-            used.setdefault(mac, []).append(f"host interface {ifname}")
-    seen: set = set()
-    clashes = []
-    for n in mine:
-        users = list(used.get(n.mac, []))
-        if n.mac in seen:
-            users.append(f"another NIC of VM {dom.name}")
-        seen.add(n.mac)
-        if users:
-            clashes.append({"mac": n.mac, "bridge": n.bridge, "used_by": users})
-    if not clashes:
+        verdict = inv.admit(dom, others, host_macs, ipol.options, policy.in_scope)
+        if verdict is not None:
+            verdicts.append(verdict)
+    if not verdicts:
         return "allowed", None, [], {"nics": _nics(dom)}
-    decision = ipol.options.get("on_start", "allow")
-    first = clashes[0]
-    reason = (f"VM {dom.name}: MAC {first['mac']} is already used by {', '.join(first['used_by'])}"
-              + (f" (and {len(clashes) - 1} more duplicate MAC(s))" if len(clashes) > 1 else ""))
-    fields = {"reason": reason, "clashes": clashes, "invariant": "unique_mac"}
-    if decision == "refuse-start":
-        return ("refused", f"refusing to start {reason} (policy unique_mac.on_start: refuse-start)", clashes,
-                dict(fields, policy="unique_mac.on_start=refuse-start", level="alert"))
-    return "allowed", reason, clashes, dict(fields, policy="unique_mac.on_start=allow", level="warning")
+    verdict = next((v for v in verdicts if v.refuse), verdicts[0])
+    return ("refused" if verdict.refuse else "allowed"), verdict.reason, verdict.fields.get("clashes", []), \
+        dict(verdict.fields)
 
 
 def _request(hook: base.Hook, request: str, dom=None, **fields):

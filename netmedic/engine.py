@@ -11,12 +11,11 @@ import time
 from typing import Callable, Iterable, Optional
 
 from netmedic import inventory as inventory_mod
-from netmedic import nl
 from netmedic.audit import Audit
 from netmedic.bounds import Guard
 from netmedic.errors import NetmedicError
-from netmedic.healers import HEALERS
-from netmedic.model import Outcome, Plan, Step, Subject, Violation
+from netmedic.healers import HEALERS, for_record
+from netmedic.model import Outcome, Plan, Subject, Violation
 from netmedic.observe import Snapshot, observe
 from netmedic.ops import HostOps
 from netmedic.policies import INVARIANTS, healer_for
@@ -88,14 +87,24 @@ class Engine:
         self._extras = extras
         return self.inventory
 
+    def needs(self) -> set:
+        """The optional facts the enabled invariants read."""
+        return {n for name, inv in INVARIANTS.items() if self.policy.invariants[name].enabled for n in inv.NEEDS}
+
     def observe(self, bridges: Optional[Iterable[str]] = None, firewall: bool = True,
-                domains: Optional[dict] = None) -> Snapshot:
+                domains: Optional[dict] = None, needs: Optional[set] = None) -> Snapshot:
         inv = self.inventory if self.inventory is not None else self.load_inventory()
-        needs = {n for name, mod in INVARIANTS.items() if self.policy.invariants[name].enabled
-                 for n in getattr(mod, "NEEDS", ())}
+        needs = self.needs() if needs is None else needs
+        only = set(bridges) if bridges is not None else None
+        # The records' healers may need facts to release them (netmedic's own firewall rules).
+        release_needs = set()
+        for rec in self.state.records.values():
+            healer = for_record(rec)
+            if healer is not None and (only is None or rec.get("bridge") in only):
+                release_needs |= set(healer.NEEDS)
         return observe(self.ops.nl, inv, self.state.records, bridges=bridges, in_scope=self.policy.in_scope,
-                       firewall=firewall and self.policy.invariants["bridge_netfilter"].enabled, needs=needs,
-                       domains=domains)
+                       firewall=firewall and "firewall" in needs, needs=needs, domains=domains,
+                       firewall_always=firewall and "firewall" in release_needs and not domains)
 
     def check(self, snapshot: Snapshot) -> list:
         """Every violation the enabled invariants find, within the policy's scope."""
@@ -117,7 +126,7 @@ class Engine:
         ipol = self.policy.invariants[v.invariant]
         name = healer_for(v, ipol.options)
         if name is None:
-            return None, None, "no automatic remedy: " + _manual_hint(v)
+            return None, None, "no automatic remedy: " + INVARIANTS[v.invariant].hint(v)
         healer = HEALERS[name]
         plan, why = healer.plan(v, snapshot, ipol.options)
         return healer, plan, why
@@ -194,6 +203,9 @@ class Engine:
             return Outcome(v, "no_remedy" if healer is None else "skipped", why)
         fields = {**base, "healer": plan.healer, "action": plan.summary,
                   "steps": [s.description for s in plan.steps], "before": plan.before}
+        refused = precedence(plan, snap)
+        if refused:
+            return self._not_applied(v, plan, "skipped", refused, {**fields, "precedence": refused})
         if mode == "observe":
             return self._not_applied(v, plan, "observed", "observe mode: not applied", fields)
         if self.dry_run:
@@ -251,8 +263,8 @@ class Engine:
     def _still_violated(self, v: Violation, ipol) -> bool:
         """Is this exact violation still observed (after a step failed)?"""
         try:
-            snap = self.observe([v.subject.bridge] if v.subject.bridge else None,
-                                firewall=v.invariant == "bridge_netfilter", domains=_narrow_to(v))
+            snap = self.observe([v.subject.bridge] if v.subject.bridge else None, domains=_narrow_to(v),
+                                needs=set(INVARIANTS[v.invariant].NEEDS))
         except NetmedicError:
             return True
         return v.key in {x.key for x in INVARIANTS[v.invariant].check(snap, ipol.options)}
@@ -265,13 +277,12 @@ class Engine:
             if attempt:
                 self.sleep(ipol.limits.verify_interval)
             try:
-                snap = self.observe(bridges, firewall=v.invariant == "bridge_netfilter", domains=_narrow_to(v))
+                snap = self.observe(bridges, domains=_narrow_to(v), needs=set(INVARIANTS[v.invariant].NEEDS))
             except NetmedicError:
                 continue
             after = healer.after(snap, v)
-            if hasattr(healer, "verify"):
-                ok = healer.verify(snap, v)
-            else:
+            ok = healer.verify(snap, v)
+            if ok is None:
                 ok = v.key not in {x.key for x in INVARIANTS[v.invariant].check(snap, ipol.options)}
             if ok:
                 return True, after
@@ -292,67 +303,44 @@ class Engine:
     # --- netmedic's own records ---------------------------------------------------------------
     def _release_stale(self, snap: Snapshot) -> list:
         """Remove what netmedic created for subjects that are gone (VM stopped, duplicate gone), and
-        nothing else. Only within the observed bridges."""
-        running = {(n.bridge, n.mac, n.tap) for n in snap.inventory.nics}
+        nothing else: each record's healer decides (Healer.release). Only within the observed bridges."""
         # A domain whose run-state XML could not be read may well be running: keep what netmedic made
         # for it (releasing its pin would re-expose it to the poisoning netmedic prevents).
         unreadable = {os.path.basename(e.source)[:-4] for e in snap.inventory.errors
                       if e.source and e.source.endswith(".xml")}
-        dup_macs = _duplicate_macs(snap)
         released = []
         for key, rec in sorted(self.state.records.items()):
             if not snap.covers(rec.get("bridge"), rec.get("domain")) or rec.get("domain") in unreadable:
                 continue
             if not self.policy.in_scope(rec.get("bridge"), rec.get("domain")):
                 continue
-            kind = rec.get("kind")
-            if kind == "fdb_pin" and (rec["bridge"], rec["mac"], rec["port"]) not in running:
-                steps = self._unpin_steps(snap, rec)
-                why = f"VM {rec.get('domain')} no longer runs with {rec['mac']} on {rec['port']}"
-            elif kind == "quarantine" and rec["mac"] not in dup_macs:
-                steps = self._unquarantine_steps(snap, rec)
-                why = f"{rec['mac']} is no longer duplicated"
-            else:
+            healer = for_record(rec)
+            rel = healer.release(rec, snap) if healer is not None else None
+            if rel is None:
                 continue
-            if self.dry_run or self.policy.killed():
-                released.append({**rec, "result": "planned", "reason": why})
-                continue
-            ok = True
-            for step in steps:
-                try:
-                    self.ops.execute(step)
-                except NetmedicError as exc:
-                    ok = False
-                    self._audit("error", error=f"releasing {key}: {exc}", record=rec)
-            if ok:
-                del self.state.records[key]
-                released.append({**rec, "result": "released", "reason": why})
-                if kind == "fdb_pin" and rec.get("domain") and rec["domain"] not in snap.inventory.domains:
-                    Guard(self.state.guard, self.clock).forget_domain(rec["domain"])  # the VM stopped
-                self._audit("released", record=rec, reason=why, steps=[s.description for s in steps],
-                            subject=Subject(bridge=rec.get("bridge"), port=rec.get("port"),
-                                            domain=rec.get("domain"), mac=rec.get("mac")).as_dict())
+            out = self._release(key, rec, rel, snap)
+            if out is not None:
+                released.append(out)
         return released
 
-    def _unpin_steps(self, snap: Snapshot, rec: dict) -> list:
-        port, br = snap.link(rec["port"]), snap.bridge(rec["bridge"])
-        if port is None or br is None:
-            return []  # the tap (or bridge) is gone and took the pin with it
-        key = (rec["bridge"], rec["mac"])
-        entry = snap.fdb[key] if key in snap.fdb else self.ops.nl.fdb_get(br.index, rec["mac"])
-        if entry is None or entry.port_index != port.index or not entry.sticky:
-            return []  # no longer the entry netmedic made: leave it alone
-        return [Step("fdb_delete", {"port": port.name, "port_index": port.index, "mac": rec["mac"]},
-                     f"remove netmedic's pin of {rec['mac']} on {port.name}")]
-
-    @staticmethod
-    def _unquarantine_steps(snap: Snapshot, rec: dict) -> list:
-        port = snap.link(rec["port"])
-        if port is None or port.port is None or port.port.state != nl.BR_STATE_LISTENING:
-            return []  # gone, or no longer in the state netmedic set
-        prior = rec.get("prior_state", 3)
-        return [Step("set_port", {"port": port.name, "port_index": port.index, "state": prior},
-                     f"end the quarantine of {port.name}")]
+    def _release(self, key: str, rec: dict, rel, snap: Snapshot, killable: bool = True) -> Optional[dict]:
+        """Apply one Release: its steps, then forget the record (kept when a step fails: retried later).
+        The kill switch holds releases back too, except a stopped VM's (killable=False)."""
+        if self.dry_run or (killable and self.policy.killed()):
+            return {**rec, "result": "planned", "reason": rel.reason}
+        for step in rel.steps:
+            try:
+                self.ops.execute(step)
+            except NetmedicError as exc:
+                self._audit("error", error=f"releasing {key}: {exc}", record=rec)
+                return None
+        del self.state.records[key]
+        if rec.get("domain") and rec["domain"] not in snap.inventory.domains:
+            Guard(self.state.guard, self.clock).forget_domain(rec["domain"])  # the VM stopped
+        self._audit("released", record=rec, reason=rel.reason, steps=[s.description for s in rel.steps],
+                    subject=Subject(bridge=rec.get("bridge"), port=rec.get("port"),
+                                    domain=rec.get("domain"), mac=rec.get("mac")).as_dict())
+        return {**rec, "result": "released", "reason": rel.reason}
 
     def release_domain(self, domain: str, trigger: str = "manual", mac: Optional[str] = None) -> list:
         """Remove every record (and its host state) netmedic made for one domain: the libvirt hook's
@@ -371,21 +359,14 @@ class Engine:
             snap = observe(self.ops.nl, inventory_mod.Inventory({}, {}, []), self.state.records,
                            bridges={r.get("bridge") for r in mine.values()}, firewall=False)
             for key, rec in sorted(mine.items()):
-                steps = (self._unpin_steps(snap, rec) if rec.get("kind") == "fdb_pin"
-                         else self._unquarantine_steps(snap, rec) if rec.get("kind") == "quarantine" else [])
-                if self.dry_run:
-                    released.append({**rec, "result": "planned"})
+                healer = for_record(rec)
+                rel = healer.release(rec, snap, force=True) if healer is not None else None
+                if rel is None:
                     continue
-                try:
-                    for step in steps:
-                        self.ops.execute(step)
-                except NetmedicError as exc:
-                    self._audit("error", error=f"releasing {key}: {exc}", record=rec)
-                    continue
-                del self.state.records[key]
-                released.append({**rec, "result": "released"})
-                self._audit("released", record=rec, reason=f"domain {domain} stopped",
-                            steps=[s.description for s in steps])
+                rel = dataclasses.replace(rel, reason=f"domain {domain} stopped")
+                out = self._release(key, rec, rel, snap, killable=False)
+                if out is not None:
+                    released.append(out)
         return released
 
 
@@ -400,31 +381,37 @@ def _covered(key, subject: Subject, bridges: set, domains: Optional[dict]) -> bo
     """Would a pass over `bridges` narrowed by `domains` have seen this violation again if it still held?"""
     if subject.bridge not in bridges:
         return False
-    if key.startswith("unique_mac:host_mac_clash:"):
+    invariant, kind = key.split(":", 2)[:2]
+    inv = INVARIANTS.get(invariant)
+    if inv is not None and kind in inv.HOST_WIDE_KINDS:
         return False  # judged by full passes only (they see every host interface)
     narrow = domains.get(subject.bridge) if domains else None
     return narrow is None or subject.domain in narrow
 
 
-def _duplicate_macs(snap: Snapshot) -> set:
-    seen, dups = set(), set()
-    for n in snap.inventory.nics:
-        (dups if n.mac in seen else seen).add(n.mac)
-    return dups
-
-
-def _manual_hint(v: Violation) -> str:
-    hints = {
-        "wrong_bridge": "move the tap with `ip link set TAP master BRIDGE` if the domain XML is right",
-        "bridge_missing": "re-create the bridge; netmedic re-attaches the VM taps once it exists",
-        "tap_missing": "the domain's run-state XML names a tap that does not exist: check the VM",
-        "stp_blocking": "STP blocks the port (a loop?): check the topology or the bridge's STP settings",
-        "no_carrier": "the tap has no carrier, so the bridge keeps its port disabled: is the VM's qemu "
-                      "process attached to it?",
-        "host_mac_clash": "give the VM (or the host interface) another MAC address",
-        "duplicate_vm_mac": "give one of the VMs a new MAC (virsh edit); enforce mode quarantines the newer one",
-    }
-    return hints.get(v.kind, "see docs/invariants.md")
+def precedence(plan: Plan, snap: Snapshot) -> Optional[str]:
+    """The one rule that decides when two remedies claim one subject (plugins never undo each other):
+    - a MAC several VM NICs share is held only on its owner's tap (the oldest NIC: Snapshot.mac_owner),
+      never on a duplicate's;
+    - a port aspect a record of netmedic holds (a quarantine holds the port's STP state) is changed by
+      no other healer while the record exists.
+    Returns why the plan must not be applied, or None."""
+    for claim in plan.claims:
+        if claim[0] == "mac":
+            _, bridge, mac, port = claim
+            owner = snap.mac_owner(bridge, mac)
+            if owner is not None and owner.tap != port:
+                return (f"precedence: {mac} belongs to VM {owner.domain}'s {owner.tap} (the older NIC on "
+                        f"{bridge}): it is never held on {port}")
+            continue
+        aspect, port = claim[0], claim[-1]
+        for rec in snap.records.values():
+            holder = for_record(rec)
+            if holder is None or holder.NAME == plan.healer or rec.get("port") != port:
+                continue
+            if aspect in holder.HOLDS:
+                return f"precedence: {port}'s {aspect.replace('_', ' ')} is held by netmedic's {holder.NAME}"
+    return None
 
 
 def _count(items) -> dict:

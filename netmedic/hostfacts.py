@@ -5,7 +5,6 @@ exception) and acts in the network namespace the process runs in.
 """
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import json
 import os
@@ -15,26 +14,9 @@ import time
 from typing import Optional
 
 from netmedic import ops
+from netmedic.facts import Dnsmasq, NatRule, masquerades  # noqa: F401  (re-exported)
 
 DEFAULT_LEASES_DIR = "/var/lib/libvirt/dnsmasq"
-
-
-@dataclasses.dataclass(frozen=True)
-class NatRule:
-    backend: str  # 'nft' (iptables-nft), 'legacy' (iptables-legacy) or 'nft-native' (nft table)
-    rule: str  # the rule as the tool prints it
-    source: Optional[str]  # the -s / saddr network, None when the rule has none
-    negated_dest: Optional[str] = None  # the `! -d NET` network, if any
-
-
-@dataclasses.dataclass(frozen=True)
-class Dnsmasq:
-    network: str
-    pid_file: str
-    pid: Optional[int]  # from the pid file; None when there is no (readable) pid file
-    alive: bool  # a dnsmasq process with that pid exists ...
-    same_netns: bool  # ... and runs in this network namespace
-    cmdline: str = ""
 
 
 def _net(text: str) -> Optional[str]:
@@ -114,20 +96,6 @@ def read_nat_rules() -> list:
         if text:
             rules.extend(parse_nft_nat(text))
     return rules
-
-
-def masquerades(rules: list, subnet: str) -> list:
-    """The rules that masquerade traffic from `subnet` (a rule with no source matches everything)."""
-    net = ipaddress.ip_network(subnet, strict=False)
-    out = []
-    for r in rules:
-        if r.source is None:
-            out.append(r)
-            continue
-        src = ipaddress.ip_network(r.source, strict=False)
-        if src.version == net.version and net.subnet_of(src):
-            out.append(r)
-    return out
 
 
 def _netns_inode(pid: str) -> Optional[int]:

@@ -68,6 +68,9 @@ class Plan:
     # What netmedic creates and must remember (so it only ever removes what it made), recorded on success.
     records: tuple = ()  # of dict, each with a 'kind' and a 'key'
     forgets: tuple = ()  # keys of records this plan removes
+    # What the plan takes hold of, for the engine's precedence rule (netmedic.engine.precedence):
+    # ("mac", bridge, mac, port) = this MAC is held on that port; ("port_state", port) = that port's STP state.
+    claims: tuple = ()
 
     def as_dict(self) -> dict:
         return {"healer": self.healer, "summary": self.summary,

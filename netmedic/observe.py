@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Iterable, Optional
 
 from netmedic import ops
-from netmedic.inventory import Inventory, VmNic
+from netmedic.inventory import Inventory
+
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
 @dataclasses.dataclass
@@ -43,6 +46,7 @@ class Snapshot:
     def __post_init__(self):
         self.by_index = {link.index: link for link in self.links.values()}
         self._nics: Optional[list] = None
+        self._users: Optional[dict] = None
 
     def link(self, name: Optional[str]):
         return self.links.get(name) if name else None
@@ -77,31 +81,38 @@ class Snapshot:
     def records_of(self, kind: str) -> list:
         return [r for r in self.records.values() if r.get("kind") == kind]
 
+    def mac_users(self, mac: str) -> list:
+        """Every VM NIC of the inventory with this MAC (not only the observed ones), oldest first: by tap
+        ifindex (a later-created tap is the newer NIC), a NIC whose tap is missing last."""
+        if self._users is None:
+            users: dict = {}
+            for nic in self.inventory.nics:
+                users.setdefault(nic.mac, []).append(nic)
+            self._users = {m: sorted(n, key=self._age) for m, n in users.items()}
+        return self._users.get(mac, [])
 
-def fdb_owner(snapshot: Snapshot, nics: Iterable[VmNic]) -> dict:
-    """(bridge, mac) -> the NIC that owns the MAC there. Clones share a MAC: the oldest tap (lowest
-    ifindex) owns it; the others are unique_mac's business."""
-    owners: dict = {}
-    for nic in nics:
-        key = (nic.bridge, nic.mac)
-        tap = snapshot.link(nic.tap)
-        cur = owners.get(key)
-        if cur is None:
-            owners[key] = nic
-            continue
-        cur_tap = snapshot.link(cur.tap)
-        if tap is not None and (cur_tap is None or tap.index < cur_tap.index):
-            owners[key] = nic
-    return owners
+    def mac_owner(self, bridge: Optional[str], mac: str):
+        """The NIC that owns `mac` on `bridge`: of the NICs there sharing it (clones), the oldest. The one
+        precedence rule for a MAC (netmedic.engine): pins go only on its owner's tap, never a duplicate's."""
+        for nic in self.mac_users(mac):
+            if nic.bridge == bridge:
+                return nic
+        return None
+
+    def _age(self, nic) -> tuple:
+        tap = self.link(nic.tap)
+        return (tap.index if tap else 1 << 30, nic.domain, nic.tap or "")
 
 
 def observe(netlink, inventory: Inventory, records: Optional[dict] = None,
             bridges: Optional[Iterable[str]] = None, in_scope=None, firewall: bool = True,
-            needs: Iterable[str] = (), domains: Optional[dict] = None) -> Snapshot:
+            needs: Iterable[str] = (), domains: Optional[dict] = None, firewall_always: bool = False) -> Snapshot:
     """One fresh observation. `bridges` limits it (links, fdb lookups, what invariants look at) to those
     bridges; `domains` (bridge -> domain names) narrows some of them to those VMs; `in_scope(bridge,
     domain)` filters the VM NICs looked up. `needs`: the optional facts to read as well ('addresses',
-    'port_vlans', 'nat_rules', 'dnsmasq'; see _extras)."""
+    'port_vlans', 'nat_rules', 'dnsmasq'; see _extras). The firewall chains are read when `firewall` and
+    br_netfilter sends a bridge's VM traffic through them, or whenever `firewall_always` (netmedic's own
+    rules are to be released)."""
     only = frozenset(bridges) if bridges is not None else None
     narrow = ({b: frozenset(d) for b, d in domains.items() if b in only} if only is not None and domains
               else None) or None
@@ -132,6 +143,12 @@ def observe(netlink, inventory: Inventory, records: Optional[dict] = None,
             continue
         bridges_with_vms.add(nic.bridge)
         keys.append((nic.bridge, nic.mac))
+    for rec in (records or {}).values():  # the entries of netmedic's own pins, for their release
+        b, mac = rec.get("bridge"), rec.get("mac")
+        if isinstance(b, str) and isinstance(mac, str) and (only is None or b in only) \
+                and links.get(b) is not None and links[b].kind == "bridge" and _MAC_RE.match(mac) \
+                and (in_scope is None or in_scope(b, rec.get("domain"))):
+            keys.append((b, mac))
     keys = list(dict.fromkeys(keys))
     entries = netlink.fdb_get_many([(links[b].index, mac, None) for b, mac in keys]) if keys else []
     fdb: dict = dict(zip(keys, entries))
@@ -154,7 +171,9 @@ def observe(netlink, inventory: Inventory, records: Optional[dict] = None,
     sysctls = {ops.sysctl_key(*k): ops.read_sysctl(ops.sysctl_key(*k)) for k in keys}
 
     chains: list = []
-    if firewall:
+    if firewall_always:
+        chains = ops.read_forward_chains()
+    elif firewall:
         global_nf = sysctls.get("net/bridge/bridge-nf-call-iptables") == "1"
         if any(global_nf or (links[b].bridge and links[b].bridge.nf_call_iptables)
                for b in bridges_with_vms):

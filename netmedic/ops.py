@@ -6,7 +6,6 @@ with dry_run=True refuses every mutation, so a bug above cannot change the host 
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import subprocess
@@ -14,6 +13,7 @@ from typing import Optional
 
 from netmedic import nl
 from netmedic.errors import DependencyError, HostError
+from netmedic.facts import ForwardChain, bridge_accept_rule  # noqa: F401  (re-exported)
 from netmedic.model import Step
 
 PROC_SYS = "/proc/sys"
@@ -30,13 +30,6 @@ def read_sysctl(key: str) -> Optional[str]:
             return fh.read().strip()
     except OSError:
         return None
-
-
-@dataclasses.dataclass(frozen=True)
-class ForwardChain:
-    backend: str  # 'nft' or 'legacy'
-    policy: str  # 'ACCEPT', 'DROP', ...
-    rules: tuple  # '-A FORWARD ...' lines as iptables -S prints them
 
 
 IPTABLES = {"nft": ("iptables-nft", "iptables"), "legacy": ("iptables-legacy",)}
@@ -92,11 +85,6 @@ def read_forward_chains() -> list:
                 rules.append(line.strip())
         chains.append(ForwardChain(backend=backend, policy=policy, rules=tuple(rules)))
     return chains
-
-
-def bridge_accept_rule(bridge: str) -> list:
-    """The FORWARD rule netmedic inserts so bridged traffic of one bridge is not dropped."""
-    return ["-i", bridge, "-o", bridge, "-j", "ACCEPT"]
 
 
 class HostOps:

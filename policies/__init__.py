@@ -1,11 +1,14 @@
-"""Invariants: small pure functions over an observed Snapshot that return Violations with evidence.
+"""Invariants: small pure checks over an observed Snapshot that return Violations with evidence.
 
-Each module declares NAME, DESCRIPTION, DEFAULT_ENABLED, DEFAULT_MODE, OPTIONS (validated at policy
-load), REMEDIES (violation kind -> healer name, or a dict keyed by the `remedy` option) and
-check(snapshot, options). They never touch the host.
+Each module holds one netmedic.plugin.Invariant (its PLUGIN): name, options (validated at policy load),
+the facts it needs, check(), the healer each violation kind binds to, the manual hints, and the VM-start
+decision. They never touch the host (tests/test_plugins.py checks what they import).
+
+The one explicit list below, plus the `netmedic.invariants` entry-point group for third parties.
 """
 from __future__ import annotations
 
+from netmedic import plugin
 from netmedic.policies import (
     bridge_netfilter,
     fdb_ownership,
@@ -20,15 +23,20 @@ from netmedic.policies import (
     vlan_membership,
 )
 
-# The one explicit list. Order is the order a reconcile heals in: attach before pinning.
-INVARIANTS = {m.NAME: m for m in (port_forwarding, unique_mac, fdb_ownership, ip_forwarding,
-                                  bridge_netfilter, mtu_consistency, vlan_membership, uplink_aggregation,
-                                  host_ip_on_port, nat_network_health, remote_duplicate)}
+# Order is the order a reconcile heals in: attach before pinning.
+BUILTIN = (port_forwarding, unique_mac, fdb_ownership, ip_forwarding, bridge_netfilter, mtu_consistency,
+           vlan_membership, uplink_aggregation, host_ip_on_port, nat_network_health, remote_duplicate)
+INVARIANTS = {m.PLUGIN.NAME: plugin.validate_invariant(m.PLUGIN) for m in BUILTIN}
+
+
+def load_entry_points() -> None:
+    """Add third-party invariants registered under the `netmedic.invariants` entry-point group (after the
+    built-in ones; a name already taken is not replaced)."""
+    for inv in plugin.entry_points("netmedic.invariants"):
+        inv = plugin.validate_invariant(inv)
+        INVARIANTS.setdefault(inv.NAME, inv)
 
 
 def healer_for(violation, options: dict):
     """The healer name the policy binds to this violation, or None (report only)."""
-    remedy = INVARIANTS[violation.invariant].REMEDIES.get(violation.kind)
-    if isinstance(remedy, dict):
-        remedy = remedy.get(options.get("remedy"))
-    return remedy
+    return INVARIANTS[violation.invariant].remedy(violation, options)

@@ -8,14 +8,7 @@ from __future__ import annotations
 import ipaddress
 
 from netmedic.model import Subject, Violation
-
-NAME = "host_ip_on_port"
-DESCRIPTION = "no IPv4/IPv6 address on a port of a bridge with VMs"
-DEFAULT_ENABLED = True
-DEFAULT_MODE = "observe"
-OPTIONS: dict = {}
-REMEDIES = {"address_on_port": None}
-NEEDS = ("addresses",)
+from netmedic.plugin import Invariant
 
 
 def port_addresses(snapshot, link) -> list:
@@ -36,22 +29,34 @@ def fix_text(port: str, bridge: str, addrs: list) -> str:
             f"(and fix the network configuration that put them on {port})")
 
 
-def check(snapshot, options) -> list:
-    out = []
-    if snapshot.addresses is None:
+class HostIpOnPort(Invariant):
+    NAME = "host_ip_on_port"
+    DESCRIPTION = "no IPv4/IPv6 address on a port of a bridge with VMs"
+    DEFAULT_ENABLED = True
+    DEFAULT_MODE = "observe"
+    OPTIONS = {}
+    REMEDIES = {"address_on_port": None}
+    NEEDS = frozenset(("addresses",))
+
+    def check(self, snapshot, options) -> list:
+        out = []
+        if snapshot.addresses is None:
+            return out
+        bridges = sorted({n.bridge for n in snapshot.nics() if snapshot.bridge(n.bridge) is not None})
+        for bridge in bridges:
+            br = snapshot.bridge(bridge)
+            for link in sorted(snapshot.links.values(), key=lambda lk: lk.index):
+                if link.master != br.index:
+                    continue
+                addrs = port_addresses(snapshot, link)
+                if addrs:
+                    out.append(Violation(
+                        self.NAME, "address_on_port", Subject(bridge=bridge, port=link.name),
+                        f"{link.name} is a port of {bridge} but carries {', '.join(addrs)}: frames arriving on "
+                        f"{link.name} go to the bridge, so that address is unreachable (host <-> VM and the host's "
+                        f"own traffic over {link.name} are cut off); the address belongs on {bridge}",
+                        {"port": link.name, "addresses": addrs, "fix": fix_text(link.name, bridge, addrs)}))
         return out
-    bridges = sorted({n.bridge for n in snapshot.nics() if snapshot.bridge(n.bridge) is not None})
-    for bridge in bridges:
-        br = snapshot.bridge(bridge)
-        for link in sorted(snapshot.links.values(), key=lambda lk: lk.index):
-            if link.master != br.index:
-                continue
-            addrs = port_addresses(snapshot, link)
-            if addrs:
-                out.append(Violation(
-                    NAME, "address_on_port", Subject(bridge=bridge, port=link.name),
-                    f"{link.name} is a port of {bridge} but carries {', '.join(addrs)}: frames arriving on "
-                    f"{link.name} go to the bridge, so that address is unreachable (host <-> VM and the host's "
-                    f"own traffic over {link.name} are cut off); the address belongs on {bridge}",
-                    {"port": link.name, "addresses": addrs, "fix": fix_text(link.name, bridge, addrs)}))
-    return out
+
+
+PLUGIN = HostIpOnPort()

@@ -6,16 +6,9 @@ from __future__ import annotations
 
 import ipaddress
 
-from netmedic import hostfacts
+from netmedic import facts
 from netmedic.model import Subject, Violation
-
-NAME = "nat_network_health"
-DESCRIPTION = "a libvirt NAT network has its MASQUERADE rule and a running dnsmasq"
-DEFAULT_ENABLED = True
-DEFAULT_MODE = "observe"  # a finding with the exact fix; libvirt owns these rules and processes
-OPTIONS: dict = {}
-REMEDIES = {"masquerade_missing": None, "dnsmasq_down": None}
-NEEDS = ("nat_rules", "dnsmasq")
+from netmedic.plugin import Invariant
 
 RESTART = "restart libvirt's network daemon (`systemctl restart virtnetworkd`, or libvirtd on a monolithic " \
           "install): it re-creates the network's firewall rules and dnsmasq; running VMs keep their taps"
@@ -32,33 +25,45 @@ def masquerade_fix(subnet: str, forward_dev=None) -> str:
             f"-j MASQUERADE")
 
 
-def check(snapshot, options) -> list:
-    out = []
-    for net in sorted(snapshot.inventory.networks.values(), key=lambda n: n.name):
-        if net.forward_mode != "nat" or not net.bridge or snapshot.bridge(net.bridge) is None:
-            continue
-        if not snapshot.observed(net.bridge):
-            continue
-        subject = Subject(bridge=net.bridge, network=net.name)
-        if snapshot.nat_rules is not None:
-            for subnet in subnets(net):
-                if not hostfacts.masquerades(snapshot.nat_rules, subnet):
-                    out.append(Violation(
-                        NAME, "masquerade_missing", subject,
-                        f"libvirt NAT network {net.name} ({subnet} on {net.bridge}) has no MASQUERADE rule for "
-                        f"{subnet}: its VMs' traffic leaves the host with private source addresses and gets "
-                        f"no replies",
-                        {"subnet": subnet, "masquerade_rules": [r.rule for r in snapshot.nat_rules],
-                         "fix": masquerade_fix(subnet, net.forward_dev)}))
-        dns = (snapshot.dnsmasq or {}).get(net.name)
-        if dns is not None and not (dns.alive and dns.same_netns):
-            why = ("no pid file" if dns.pid is None else
-                   f"pid {dns.pid} is not a running dnsmasq" if not dns.alive else
-                   f"dnsmasq pid {dns.pid} runs in another network namespace")
-            out.append(Violation(
-                NAME, "dnsmasq_down", subject,
-                f"libvirt NAT network {net.name}: its dnsmasq is not running ({why}): VMs get no DHCP lease "
-                f"and no DNS",
-                {"pid_file": dns.pid_file, "pid": dns.pid, "alive": dns.alive, "same_netns": dns.same_netns,
-                 "fix": RESTART}))
-    return out
+class NatNetworkHealth(Invariant):
+    NAME = "nat_network_health"
+    DESCRIPTION = "a libvirt NAT network has its MASQUERADE rule and a running dnsmasq"
+    DEFAULT_ENABLED = True
+    DEFAULT_MODE = "observe"  # a finding with the exact fix; libvirt owns these rules and processes
+    OPTIONS = {}
+    REMEDIES = {"masquerade_missing": None, "dnsmasq_down": None}
+    NEEDS = frozenset(("nat_rules", "dnsmasq"))
+
+    def check(self, snapshot, options) -> list:
+        out = []
+        for net in sorted(snapshot.inventory.networks.values(), key=lambda n: n.name):
+            if net.forward_mode != "nat" or not net.bridge or snapshot.bridge(net.bridge) is None:
+                continue
+            if not snapshot.observed(net.bridge):
+                continue
+            subject = Subject(bridge=net.bridge, network=net.name)
+            if snapshot.nat_rules is not None:
+                for subnet in subnets(net):
+                    if not facts.masquerades(snapshot.nat_rules, subnet):
+                        out.append(Violation(
+                            self.NAME, "masquerade_missing", subject,
+                            f"libvirt NAT network {net.name} ({subnet} on {net.bridge}) has no MASQUERADE rule for "
+                            f"{subnet}: its VMs' traffic leaves the host with private source addresses and gets "
+                            f"no replies",
+                            {"subnet": subnet, "masquerade_rules": [r.rule for r in snapshot.nat_rules],
+                             "fix": masquerade_fix(subnet, net.forward_dev)}))
+            dns = (snapshot.dnsmasq or {}).get(net.name)
+            if dns is not None and not (dns.alive and dns.same_netns):
+                why = ("no pid file" if dns.pid is None else
+                       f"pid {dns.pid} is not a running dnsmasq" if not dns.alive else
+                       f"dnsmasq pid {dns.pid} runs in another network namespace")
+                out.append(Violation(
+                    self.NAME, "dnsmasq_down", subject,
+                    f"libvirt NAT network {net.name}: its dnsmasq is not running ({why}): VMs get no DHCP lease "
+                    f"and no DNS",
+                    {"pid_file": dns.pid_file, "pid": dns.pid, "alive": dns.alive, "same_netns": dns.same_netns,
+                     "fix": RESTART}))
+        return out
+
+
+PLUGIN = NatNetworkHealth()

@@ -10,31 +10,36 @@ no finding."""
 from __future__ import annotations
 
 from netmedic.model import Subject, Violation
-
-NAME = "remote_duplicate"
-DESCRIPTION = "no machine behind the uplink uses a local VM's MAC (alert only)"
-DEFAULT_ENABLED = True
-DEFAULT_MODE = "observe"
-OPTIONS: dict = {}
-REMEDIES = {"remote_duplicate": None}
+from netmedic.plugin import Invariant
 
 FIX = ("find the other machine with this MAC (the switch's MAC table shows the port: e.g. `show mac "
        "address-table address MAC`) and change one of the two MACs (virsh edit DOMAIN, <mac address=...>); "
        "netmedic cannot fix this from this host")
 
 
-def check(snapshot, options) -> list:
-    out = []
-    if not snapshot.sightings:
+class RemoteDuplicate(Invariant):
+    NAME = "remote_duplicate"
+    DESCRIPTION = "no machine behind the uplink uses a local VM's MAC (alert only)"
+    DEFAULT_ENABLED = True
+    DEFAULT_MODE = "observe"
+    OPTIONS = {}
+    REMEDIES = {"remote_duplicate": None}
+
+    def check(self, snapshot, options) -> list:
+        out = []
+        if not snapshot.sightings:
+            return out
+        for nic in snapshot.nics():
+            seen = snapshot.sightings.get((nic.bridge, nic.mac))
+            if not seen or not seen.get("remote"):
+                continue
+            out.append(Violation(
+                self.NAME, "remote_duplicate", Subject(bridge=nic.bridge, port=nic.tap, domain=nic.domain, mac=nic.mac),
+                f"{seen['remote']} frame(s) with VM {nic.domain}'s MAC {nic.mac} arrived from the uplink "
+                f"{', '.join(seen.get('ports') or [])} that are not reflections of the VM's own frames: another "
+                f"machine behind the uplink uses this MAC",
+                {**seen, "fix": FIX}))
         return out
-    for nic in snapshot.nics():
-        seen = snapshot.sightings.get((nic.bridge, nic.mac))
-        if not seen or not seen.get("remote"):
-            continue
-        out.append(Violation(
-            NAME, "remote_duplicate", Subject(bridge=nic.bridge, port=nic.tap, domain=nic.domain, mac=nic.mac),
-            f"{seen['remote']} frame(s) with VM {nic.domain}'s MAC {nic.mac} arrived from the uplink "
-            f"{', '.join(seen.get('ports') or [])} that are not reflections of the VM's own frames: another "
-            f"machine behind the uplink uses this MAC",
-            {**seen, "fix": FIX}))
-    return out
+
+
+PLUGIN = RemoteDuplicate()

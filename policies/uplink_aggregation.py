@@ -7,13 +7,7 @@ and the remedies; fdb_ownership's sticky pin keeps the VM reachable meanwhile.""
 from __future__ import annotations
 
 from netmedic.model import Subject, Violation
-
-NAME = "uplink_aggregation"
-DESCRIPTION = "no round-robin/broadcast bond (or team) under a bridge with VMs"
-DEFAULT_ENABLED = True
-DEFAULT_MODE = "observe"  # never reconfigures: a finding only
-OPTIONS: dict = {}
-REMEDIES = {"multi_path_bond": None}
+from netmedic.plugin import Invariant
 
 BOND_MODES = {0: "balance-rr", 1: "active-backup", 2: "balance-xor", 3: "broadcast", 4: "802.3ad",
               5: "balance-tlb", 6: "balance-alb"}
@@ -37,19 +31,30 @@ def members(snapshot, bond) -> list:
     return sorted(lk.name for lk in snapshot.links.values() if lk.master == bond.index)
 
 
-def check(snapshot, options) -> list:
-    out = []
-    bridges = sorted({n.bridge for n in snapshot.nics() if snapshot.bridge(n.bridge) is not None})
-    for bridge in bridges:
-        for up in uplinks(snapshot, bridge):
-            if up.kind != "bond" or up.bond_mode not in RISKY_MODES:
-                continue
-            mode = BOND_MODES[up.bond_mode]
-            out.append(Violation(
-                NAME, "multi_path_bond", Subject(bridge=bridge, port=up.name),
-                f"bond {up.name} under {bridge} runs {mode}: unless the switch aggregates its members, it "
-                f"reflects the VMs' broadcasts back into {up.name}, the bridge learns the VMs' MACs there and "
-                f"their traffic goes out the uplink (VMs cut off)",
-                {"bond": up.name, "mode": mode, "members": members(snapshot, up), "remedies": REMEDY_TEXT},
-                severity="risk"))
-    return out
+class UplinkAggregation(Invariant):
+    NAME = "uplink_aggregation"
+    DESCRIPTION = "no round-robin/broadcast bond (or team) under a bridge with VMs"
+    DEFAULT_ENABLED = True
+    DEFAULT_MODE = "observe"  # never reconfigures: a finding only
+    OPTIONS = {}
+    REMEDIES = {"multi_path_bond": None}
+
+    def check(self, snapshot, options) -> list:
+        out = []
+        bridges = sorted({n.bridge for n in snapshot.nics() if snapshot.bridge(n.bridge) is not None})
+        for bridge in bridges:
+            for up in uplinks(snapshot, bridge):
+                if up.kind != "bond" or up.bond_mode not in RISKY_MODES:
+                    continue
+                mode = BOND_MODES[up.bond_mode]
+                out.append(Violation(
+                    self.NAME, "multi_path_bond", Subject(bridge=bridge, port=up.name),
+                    f"bond {up.name} under {bridge} runs {mode}: unless the switch aggregates its members, it "
+                    f"reflects the VMs' broadcasts back into {up.name}, the bridge learns the VMs' MACs there and "
+                    f"their traffic goes out the uplink (VMs cut off)",
+                    {"bond": up.name, "mode": mode, "members": members(snapshot, up), "remedies": REMEDY_TEXT},
+                    severity="risk"))
+        return out
+
+
+PLUGIN = UplinkAggregation()

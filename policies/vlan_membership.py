@@ -5,14 +5,7 @@ tagged member. A bridge without VLAN filtering forwards every VLAN: nothing to c
 from __future__ import annotations
 
 from netmedic.model import Subject, Violation
-
-NAME = "vlan_membership"
-DESCRIPTION = "a VM tap is a member of its <vlan> tags on a vlan-filtering bridge"
-DEFAULT_ENABLED = True
-DEFAULT_MODE = "enforce"  # adding a missing VLAN to a VM's own port affects only that VM
-OPTIONS: dict = {}
-REMEDIES = {"vlan_missing": "vlan_add"}
-NEEDS = ("port_vlans",)
+from netmedic.plugin import Invariant
 
 
 def wanted(nic) -> list:
@@ -32,25 +25,37 @@ def missing(nic, have: tuple) -> list:
     return out
 
 
-def check(snapshot, options) -> list:
-    out = []
-    if snapshot.port_vlans is None:
+class VlanMembership(Invariant):
+    NAME = "vlan_membership"
+    DESCRIPTION = "a VM tap is a member of its <vlan> tags on a vlan-filtering bridge"
+    DEFAULT_ENABLED = True
+    DEFAULT_MODE = "enforce"  # adding a missing VLAN to a VM's own port affects only that VM
+    OPTIONS = {}
+    REMEDIES = {"vlan_missing": "vlan_add"}
+    NEEDS = frozenset(("port_vlans",))
+
+    def check(self, snapshot, options) -> list:
+        out = []
+        if snapshot.port_vlans is None:
+            return out
+        for nic in snapshot.nics():
+            if not nic.vlans:
+                continue
+            br, tap = snapshot.bridge(nic.bridge), snapshot.link(nic.tap)
+            if br is None or tap is None or tap.master != br.index or not (br.bridge and br.bridge.vlan_filtering):
+                continue
+            have = snapshot.port_vlans.get(tap.index, ())
+            lack = missing(nic, have)
+            if lack:
+                out.append(Violation(
+                    self.NAME, "vlan_missing", Subject(bridge=nic.bridge, port=nic.tap, domain=nic.domain, mac=nic.mac),
+                    f"tap {nic.tap} of VM {nic.domain} is not a member of VLAN(s) "
+                    f"{', '.join(str(m['vid']) for m in lack)} its domain XML names: {nic.bridge} (VLAN filtering on) "
+                    f"drops that traffic",
+                    {"want": [{"vid": v, "pvid": p, "untagged": u} for v, p, u in wanted(nic)],
+                     "have": [{"vid": v.vid, "pvid": v.pvid, "untagged": v.untagged} for v in have],
+                     "missing": lack}))
         return out
-    for nic in snapshot.nics():
-        if not nic.vlans:
-            continue
-        br, tap = snapshot.bridge(nic.bridge), snapshot.link(nic.tap)
-        if br is None or tap is None or tap.master != br.index or not (br.bridge and br.bridge.vlan_filtering):
-            continue
-        have = snapshot.port_vlans.get(tap.index, ())
-        lack = missing(nic, have)
-        if lack:
-            out.append(Violation(
-                NAME, "vlan_missing", Subject(bridge=nic.bridge, port=nic.tap, domain=nic.domain, mac=nic.mac),
-                f"tap {nic.tap} of VM {nic.domain} is not a member of VLAN(s) "
-                f"{', '.join(str(m['vid']) for m in lack)} its domain XML names: {nic.bridge} (VLAN filtering on) "
-                f"drops that traffic",
-                {"want": [{"vid": v, "pvid": p, "untagged": u} for v, p, u in wanted(nic)],
-                 "have": [{"vid": v.vid, "pvid": v.pvid, "untagged": v.untagged} for v in have],
-                 "missing": lack}))
-    return out
+
+
+PLUGIN = VlanMembership()

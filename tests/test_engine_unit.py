@@ -513,14 +513,19 @@ def test_enforced_quarantine_holds_and_port_forwarding_leaves_it_alone(tmp_path)
     policy = make_policy(tmp_path, "invariants:\n  unique_mac:\n    mode: enforce\n")
     engine = make_engine(tmp_path, host, CLONES, policy=policy)
     report = engine.reconcile()
-    assert results(report) == [("unique_mac", "duplicate_vm_mac", "healed")]  # verified: the port is quarantined
+    # verified: the port is quarantined; the round after it, port_forwarding's fix is held back by the engine
+    assert results(report) == [("unique_mac", "duplicate_vm_mac", "healed"),
+                               ("port_forwarding", "not_forwarding", "skipped")]
+    assert report.outcomes[1].reason.startswith("precedence:")
     assert host.ops_done() == [("set_port", {"port": "vnet2", "port_index": 12, "state": nl.BR_STATE_LISTENING})]
     rec = saved_state(tmp_path)["records"]["quarantine:vnet2"]
     assert rec["prior_state"] == FORWARDING and rec["domain"] == "clone"
     # Next pass: the duplicate persists (that is the point); nothing flips the port back.
     again = engine.reconcile()
-    assert results(again) == [("unique_mac", "duplicate_vm_mac", "skipped")]
-    assert "already quarantined" in again.outcomes[0].reason
+    assert results(again) == [("port_forwarding", "not_forwarding", "skipped"),
+                              ("unique_mac", "duplicate_vm_mac", "skipped")]
+    assert "held by netmedic's quarantine" in again.outcomes[0].reason  # the engine's precedence rule
+    assert "already quarantined" in again.outcomes[1].reason
     assert len(host.executed) == 1
 
 

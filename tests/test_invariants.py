@@ -25,16 +25,15 @@ from snapshots import (
 )
 
 from netmedic import nl
-from netmedic.healers import HEALERS, fdb_pin, ip_forward, netfilter_accept, port_state, quarantine, reattach
-from netmedic.policies import (
-    INVARIANTS,
-    bridge_netfilter,
-    fdb_ownership,
-    healer_for,
-    ip_forwarding,
-    port_forwarding,
-    unique_mac,
-)
+from netmedic.engine import precedence
+from netmedic.healers import HEALERS
+from netmedic.policies import INVARIANTS, healer_for
+
+# The plugins under test, by name (each module's PLUGIN).
+fdb_pin, ip_forward, netfilter_accept, port_state, quarantine, reattach = (
+    HEALERS[n] for n in ("fdb_pin", "ip_forward", "netfilter_accept", "port_state", "quarantine", "reattach"))
+bridge_netfilter, fdb_ownership, ip_forwarding, port_forwarding, unique_mac = (
+    INVARIANTS[n] for n in ("bridge_netfilter", "fdb_ownership", "ip_forwarding", "port_forwarding", "unique_mac"))
 
 
 def defaults(mod) -> dict:
@@ -387,14 +386,20 @@ def test_port_flags_as_wanted_are_fine(options, learning, flood):
     assert pf(seed_links(learning=learning, flood=flood), **options) == []
 
 
-def test_quarantined_port_is_skipped():
+def test_a_quarantined_port_is_held_by_the_engine_not_hidden_by_the_invariant():
+    """port_forwarding is pure (it knows no quarantine); the engine's precedence rule keeps port_state off
+    a port whose state netmedic's quarantine holds, and only that."""
     links = seed_links(state=LISTENING)
     record = {"kind": "quarantine", "key": "quarantine:vnet0", "port": "vnet0", "bridge": "br0", "mac": MAC1}
     assert only(pf(links)).kind == "not_forwarding"
-    assert pf(links, records={record["key"]: record}) == []
-    # a pin record for the same port does not hide it
+    snap = snapshot(links, [VM1], records={record["key"]: record})
+    v = only(check(port_forwarding, snap))
+    plan = plan_of(port_state, v, snap)
+    assert "held by netmedic's quarantine" in precedence(plan, snap)
+    # a pin record for the same port does not hold its state
     pin = {"kind": "fdb_pin", "key": f"fdb_pin:br0:{MAC1}", "port": "vnet0", "bridge": "br0", "mac": MAC1}
-    assert only(pf(links, records={pin["key"]: pin})).kind == "not_forwarding"
+    snap = snapshot(links, [VM1], records={pin["key"]: pin})
+    assert precedence(plan_of(port_state, only(check(port_forwarding, snap)), snap), snap) is None
 
 
 def test_port_forwarding_checks_only_observed_bridges():

@@ -1,4 +1,4 @@
-"""The one place that talks to the kernel's rtnetlink, through pyroute2 (plain data in netmedic.nl.types).
+"""The one place that talks to the kernel's rtnetlink, through pyroute2 (plain data in netmedic.nl.data).
 
 Works with pyroute2 0.7.2 (Debian 12's python3-pyroute2) and 0.9.x (PyPI). Everything above this
 module works on the plain frozen dataclasses below, so it is testable without root.
@@ -17,7 +17,7 @@ import types
 from typing import Optional
 
 from netmedic.errors import HostError
-from netmedic.nl.types import (  # noqa: F401  (re-exported: netmedic.nl is their historical home)
+from netmedic.nl.data import (  # noqa: F401  (re-exported: netmedic.nl is their historical home)
     BR_STATE_BLOCKING,
     BR_STATE_DISABLED,
     BR_STATE_FORWARDING,
