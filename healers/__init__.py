@@ -17,10 +17,11 @@ from netmedic.healers import (
     port_state,
     quarantine,
     reattach,
+    reflection_guard,
     vlan_add,
 )
 
-BUILTIN = (fdb_pin, reattach, port_state, ip_forward, netfilter_accept, quarantine, mtu_set, vlan_add)
+BUILTIN = (fdb_pin, reflection_guard, reattach, port_state, ip_forward, netfilter_accept, quarantine, mtu_set, vlan_add)
 HEALERS = {m.PLUGIN.NAME: plugin.validate_healer(m.PLUGIN) for m in BUILTIN}
 
 

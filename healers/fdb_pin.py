@@ -38,6 +38,9 @@ class FdbPin(Healer):
             return None, f"a static entry not made by netmedic holds {s.mac} on {where}: not overriding it"
         if entry is not None and entry.local:
             return None, f"{s.mac} is a local (permanent) address of {snapshot.name_of(entry.port_index)}"
+        if (getattr(snapshot, "kernel", None) or {}).get("fdb_sticky") is False:
+            return None, ("this kernel does not keep the sticky flag (netmedic's first pin read back a plain static "
+                          "entry, which learning moves): set invariants.fdb_ownership.remedy to guard or auto")
         record = {"kind": "fdb_pin", "key": pin_key(s.bridge, s.mac), "bridge": s.bridge, "port": s.port,
                   "mac": s.mac, "domain": s.domain}
         return Plan(self.NAME, violation, (pin_steps(s.port, tap.index, s.mac),),
@@ -51,8 +54,15 @@ class FdbPin(Healer):
             return {"fdb_entry": None}
         return {"fdb_entry": {"port": snapshot.name_of(entry.port_index), "static": entry.static,
                               "sticky": entry.sticky}}
-
-
+    def verify(self, snapshot, violation):
+        """A pin the kernel stored without the sticky flag (kernels before 5.x) does not hold: False (it is
+        rolled back; the kernel's answer is kept and `remedy: auto` turns to the guard)."""
+        s = violation.subject
+        entry, tap = snapshot.fdb.get((s.bridge, s.mac)), snapshot.link(s.port)
+        if entry is not None and tap is not None and entry.port_index == tap.index and entry.static \
+                and not entry.sticky:
+            return False
+        return None
 
     def release(self, record, snapshot, force=False):
         """The pin goes when its VM no longer runs with this MAC on this tap — and only the entry netmedic

@@ -68,6 +68,8 @@ class Engine:
         self.extra_domains: list = []  # inventory.Domain objects not (yet) in the run-state directory
         self.inventory_changes: Optional[Callable] = None  # () -> paths changed since last asked, or None
         self._extras: tuple = ()
+        self.choices: dict = {}  # invariant -> what its host-dependent option resolved to (Invariant.choice)
+        self._choices_for = None  # the policy self.choices were computed for
 
     # --- the parts --------------------------------------------------------------------------
     def _audit(self, event: str, **fields) -> None:
@@ -92,7 +94,8 @@ class Engine:
         return {n for name, inv in INVARIANTS.items() if self.policy.invariants[name].enabled for n in inv.NEEDS}
 
     def observe(self, bridges: Optional[Iterable[str]] = None, firewall: bool = True,
-                domains: Optional[dict] = None, needs: Optional[set] = None) -> Snapshot:
+                domains: Optional[dict] = None, needs: Optional[set] = None, pending: tuple = ()) -> Snapshot:
+        """`pending`: records of a plan being verified, observed as if already kept."""
         inv = self.inventory if self.inventory is not None else self.load_inventory()
         needs = self.needs() if needs is None else needs
         only = set(bridges) if bridges is not None else None
@@ -102,9 +105,33 @@ class Engine:
             healer = for_record(rec)
             if healer is not None and (only is None or rec.get("bridge") in only):
                 release_needs |= set(healer.NEEDS)
-        return observe(self.ops.nl, inv, self.state.records, bridges=bridges, in_scope=self.policy.in_scope,
-                       firewall=firewall and "firewall" in needs, needs=needs, domains=domains,
-                       firewall_always=firewall and "firewall" in release_needs and not domains)
+        records = {**self.state.records, **{r["key"]: r for r in pending}} if pending else self.state.records
+        snap = observe(self.ops.nl, inv, records, bridges=bridges, in_scope=self.policy.in_scope,
+                       firewall=firewall and "firewall" in needs, needs=needs | (release_needs - {"firewall"}),
+                       domains=domains, firewall_always=firewall and "firewall" in release_needs and not domains,
+                       kernel=self.state.kernel)
+        if pending:
+            snap.records = dict(self.state.records)
+        self._learned(snap)
+        return snap
+
+    def _learned(self, snap: Snapshot) -> None:
+        """Keep what the kernel showed about itself (the state's `kernel`) and audit, once, what a
+        host-dependent option (a remedy `auto`) resolves to when the kernel's answer settles it."""
+        changed = snap.kernel != self.state.kernel
+        if not changed and self.choices and self._choices_for is self.policy:
+            return
+        self.state.kernel = dict(snap.kernel)
+        self._choices_for = self.policy
+        for name, inv in INVARIANTS.items():
+            ipol = self.policy.invariants[name]
+            choice = inv.choice(snap, ipol.options) if ipol.enabled else None
+            if choice is None:
+                self.choices.pop(name, None)
+                continue
+            if changed and choice.get("detected") and choice != self.choices.get(name):
+                self._audit("remedy_chosen", invariant=name, **choice, kernel=snap.kernel)
+            self.choices[name] = choice
 
     def check(self, snapshot: Snapshot) -> list:
         """Every violation the enabled invariants find, within the policy's scope."""
@@ -164,6 +191,9 @@ class Engine:
                 violations = self.check(snap)
                 if rnd == 0:
                     report.violations = violations
+                # A fix that taught netmedic something about the kernel (a pin read back without its
+                # sticky flag) changes what the invariants ask: check again in this pass.
+                kernel = dict(self.state.kernel)
                 acted = False
                 for v in violations:
                     keys_now.add(v.key)
@@ -173,6 +203,7 @@ class Engine:
                     handled[v.key] = outcome
                     report.outcomes.append(outcome)
                     acted = acted or outcome.result in ("healed", "superseded")
+                acted = acted or self.state.kernel != kernel
                 if not acted:
                     break
             guard.prune(keys_now)
@@ -237,7 +268,7 @@ class Engine:
             why = f"{exc} — the host changed meanwhile: observing again"
             self._audit("failed", **fields, result="superseded", reason=why, duration_ms=ms)
             return Outcome(v, "superseded", why, plan, duration_ms=ms)
-        verified, after = self._verify(healer, v, ipol)
+        verified, after = self._verify(healer, v, ipol, plan)
         ms = _ms(t0)
         if verified:
             for rec in plan.records:
@@ -269,7 +300,7 @@ class Engine:
             return True
         return v.key in {x.key for x in INVARIANTS[v.invariant].check(snap, ipol.options)}
 
-    def _verify(self, healer, v: Violation, ipol):
+    def _verify(self, healer, v: Violation, ipol, plan: Plan):
         """Observe again (only the subject's bridge), with bounded retries."""
         bridges = [v.subject.bridge] if v.subject.bridge else None
         after: dict = {}
@@ -277,7 +308,8 @@ class Engine:
             if attempt:
                 self.sleep(ipol.limits.verify_interval)
             try:
-                snap = self.observe(bridges, domains=_narrow_to(v), needs=set(INVARIANTS[v.invariant].NEEDS))
+                snap = self.observe(bridges, domains=_narrow_to(v), needs=set(INVARIANTS[v.invariant].NEEDS),
+                                    pending=plan.records)
             except NetmedicError:
                 continue
             after = healer.after(snap, v)

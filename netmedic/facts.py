@@ -51,3 +51,35 @@ def masquerades(rules: list, subnet: str) -> list:
         if src.version == net.version and net.subnet_of(src):
             out.append(r)
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class BridgeGuard:
+    """One bridge's part of netmedic's reflection guard (netmedic.nftguard)."""
+
+    bridge: str
+    macs: frozenset  # the guarded VM MACs (lower-case)
+    rule: bool  # the bridge's drop rule is in netmedic's prerouting chain
+    drops: int = 0  # frames the rule dropped since it was made: a VM MAC that came in on another port
+    drop_bytes: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class GuardTable:
+    """netmedic's bridge-family nf_tables table, as read from the kernel."""
+
+    present: bool  # the table exists
+    hooked: bool = False  # its prerouting base chain exists
+    owners: frozenset = frozenset()  # (mac, tap) pairs whose frames pass
+    bridges: dict = dataclasses.field(default_factory=dict)  # bridge -> BridgeGuard
+    error: Optional[str] = None  # why it could not be read (python3-nftables missing)
+
+    def guards(self, bridge: str, mac: str, tap: str) -> bool:
+        """Are frames with `mac` dropped on every port of `bridge` but `tap`?"""
+        bg = self.bridges.get(bridge)
+        return bool(self.present and self.hooked and bg is not None and bg.rule and mac in bg.macs
+                    and (mac, tap) in self.owners)
+
+    def drops(self, bridge: str) -> int:
+        bg = self.bridges.get(bridge)
+        return bg.drops if bg is not None else 0

@@ -42,6 +42,10 @@ class Snapshot:
     nat_rules: Optional[list] = None  # 'nat_rules': hostfacts.NatRule (MASQUERADE rules)
     dnsmasq: Optional[dict] = None  # 'dnsmasq': network name -> hostfacts.Dnsmasq
     sightings: Optional[dict] = None  # (bridge, mac) -> frames seen on the uplink (diagnose --probe)
+    guard: Optional[object] = None  # 'guard': facts.GuardTable, netmedic's nf_tables reflection guard
+    # What the kernel showed about itself (kept in the state, re-learned when the kernel changes):
+    # 'fdb_sticky': True/False once a pin of netmedic's was read back (None: not seen yet), 'release'.
+    kernel: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         self.by_index = {link.index: link for link in self.links.values()}
@@ -106,13 +110,15 @@ class Snapshot:
 
 def observe(netlink, inventory: Inventory, records: Optional[dict] = None,
             bridges: Optional[Iterable[str]] = None, in_scope=None, firewall: bool = True,
-            needs: Iterable[str] = (), domains: Optional[dict] = None, firewall_always: bool = False) -> Snapshot:
+            needs: Iterable[str] = (), domains: Optional[dict] = None, firewall_always: bool = False,
+            kernel: Optional[dict] = None) -> Snapshot:
     """One fresh observation. `bridges` limits it (links, fdb lookups, what invariants look at) to those
     bridges; `domains` (bridge -> domain names) narrows some of them to those VMs; `in_scope(bridge,
     domain)` filters the VM NICs looked up. `needs`: the optional facts to read as well ('addresses',
     'port_vlans', 'nat_rules', 'dnsmasq'; see _extras). The firewall chains are read when `firewall` and
     br_netfilter sends a bridge's VM traffic through them, or whenever `firewall_always` (netmedic's own
-    rules are to be released)."""
+    rules are to be released). `kernel`: what earlier observations learned about the kernel (the state's),
+    completed from this one (Snapshot.kernel)."""
     only = frozenset(bridges) if bridges is not None else None
     narrow = ({b: frozenset(d) for b, d in domains.items() if b in only} if only is not None and domains
               else None) or None
@@ -124,7 +130,7 @@ def observe(netlink, inventory: Inventory, records: Optional[dict] = None,
         # Only VMs: the bridge-level facts (iptables FORWARD and nat rules, host addresses on ports,
         # dnsmasq) are for passes over whole bridges; a VM's own port VLANs stay.
         firewall = False
-        needs = set(needs) & {"port_vlans"}
+        needs = set(needs) & {"port_vlans", "guard"}
 
     def wanted(nic) -> bool:
         if not nic.bridge or (only is not None and nic.bridge not in only):
@@ -180,8 +186,27 @@ def observe(netlink, inventory: Inventory, records: Optional[dict] = None,
             chains = ops.read_forward_chains()
     return Snapshot(links=links, inventory=inventory, fdb=fdb, sysctls=sysctls, forward_chains=chains,
                     records=dict(records or {}), bridges_observed=only, domains_observed=narrow,
-                    links_complete=only is None,
+                    links_complete=only is None, kernel=_kernel(kernel, records or {}, links, fdb),
                     **_extras(netlink, inventory, links, bridges_with_vms, set(needs)))
+
+
+def _kernel(known: Optional[dict], records: dict, links: dict, fdb: dict) -> dict:
+    """The kernel facts: the known ones (for this kernel release), plus whether the kernel keeps the
+    sticky flag, read back from the first static entry netmedic made (a record's MAC on its port):
+    kernels before 5.x ignore the flag, and the pin comes back a plain `static` entry."""
+    release = os.uname().release
+    out = dict(known) if known and known.get("release") == release else {"release": release}
+    if out.get("fdb_sticky") is None:
+        for rec in records.values():
+            entry = fdb.get((rec.get("bridge"), rec.get("mac")))
+            port = links.get(rec.get("port")) if isinstance(rec.get("port"), str) else None
+            if entry is not None and port is not None and entry.port_index == port.index and entry.static \
+                    and not entry.local:
+                out["fdb_sticky"] = entry.sticky
+                out["fdb_sticky_seen"] = {"bridge": rec["bridge"], "port": port.name, "mac": rec["mac"],
+                                          "state": "static", "sticky": entry.sticky}
+                break
+    return out
 
 
 def _add(links: dict, link) -> None:
@@ -244,6 +269,9 @@ def _extras(netlink, inventory: Inventory, links: dict, bridges_with_vms: set, n
     nat = [n for n in inventory.networks.values() if n.forward_mode == "nat" and n.bridge in links]
     if "nat_rules" in needs:
         out["nat_rules"] = hostfacts.read_nat_rules() if any(n.ips for n in nat) else []
+    if "guard" in needs:
+        from netmedic import nftguard
+        out["guard"] = nftguard.read()
     if "dnsmasq" in needs:
         out["dnsmasq"] = {n.name: hostfacts.read_dnsmasq(n.name, os.path.dirname(n.source_file))
                           for n in nat if n.ips and n.source_file}

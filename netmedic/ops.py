@@ -1,7 +1,8 @@
 """The thin layer through which every host mutation (and the few non-netlink reads) goes.
 
 Netlink through netmedic.nl (pyroute2); sysctls through /proc/sys of the current network namespace;
-the iptables FORWARD chain through the iptables binaries with argv lists (no shell). A HostOps built
+the iptables FORWARD chain through the iptables binaries with argv lists (no shell); netmedic's own
+nf_tables table (the reflection guard) through libnftables' JSON API (netmedic.nftguard). A HostOps built
 with dry_run=True refuses every mutation, so a bug above cannot change the host in dry-run.
 """
 from __future__ import annotations
@@ -143,6 +144,12 @@ class HostOps:
             self._write_sysctl(a["key"], a["value"])
         elif op == "iptables":
             self._iptables(a["backend"], a["args"])
+        elif op == "guard_add":
+            from netmedic import nftguard
+            nftguard.add(a["bridge"], a["mac"], a["port"], stale_tap=a.get("stale_port"))
+        elif op == "guard_remove":
+            from netmedic import nftguard
+            nftguard.remove(a["bridge"], a["mac"], a["port"])
         else:
             raise HostError(f"unknown operation {op!r}")
 

@@ -20,7 +20,7 @@ import dataclasses
 from typing import Optional
 
 # The optional facts an invariant may ask observe() for (Snapshot fields read only when needed).
-FACTS = frozenset({"addresses", "port_vlans", "nat_rules", "dnsmasq", "firewall"})
+FACTS = frozenset({"addresses", "port_vlans", "nat_rules", "dnsmasq", "firewall", "guard"})
 MODES = ("observe", "enforce")
 
 
@@ -67,6 +67,12 @@ class Invariant(abc.ABC):
 
     def hint(self, violation) -> str:
         return self.HINTS.get(violation.kind) or violation.evidence.get("fix") or "see docs/invariants.md"
+
+    def choice(self, snapshot, options: dict) -> Optional[dict]:
+        """What an option that depends on the host (a remedy `auto`) resolves to here, from the snapshot's
+        facts (Snapshot.kernel: what the kernel showed): e.g. {"remedy": "auto", "chosen": "guard",
+        "why": ...}. Audited once when it changes, shown by `status` and `diagnose`. Default: None."""
+        return None
 
     def admit(self, dom, others: dict, host_macs: dict, options: dict, in_scope) -> Optional[Admission]:
         """The VM-start decision for domain `dom` (others: name -> Domain of every running domain;

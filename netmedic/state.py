@@ -3,7 +3,8 @@
 - `records`: everything netmedic created on the host (fdb pins, quarantined ports, firewall rules), so
   that a VM stop removes exactly those and nothing else;
 - `guard`: the bounds' counters (rate limits, backoff, circuit breaker), shared by the daemon, the
-  libvirt hook and one-shot `netmedic heal` runs.
+  libvirt hook and one-shot `netmedic heal` runs;
+- `kernel`: what the kernel showed about itself (does it keep a pin's sticky flag?), with its release.
 
 Writers hold an exclusive flock on `state.lock` for the whole read-modify-write, and replace the file
 atomically, so a crash never leaves it half-written.
@@ -25,10 +26,14 @@ class State:
         self.path = os.path.join(directory, "state.json")
         self.records: dict = {}
         self.guard: dict = {}
+        self.kernel: dict = {}
         self._loaded: Optional[str] = None  # what _load() read, serialized as _save() would write it
 
     def _serialize(self) -> str:
-        return json.dumps({"version": 1, "records": self.records, "guard": self.guard}, indent=1, sort_keys=True)
+        data = {"version": 1, "records": self.records, "guard": self.guard}
+        if self.kernel:
+            data["kernel"] = self.kernel
+        return json.dumps(data, indent=1, sort_keys=True)
 
     def _load(self) -> None:
         try:
@@ -43,6 +48,8 @@ class State:
             data = {}
         self.records = data.get("records", {}) if isinstance(data, dict) else {}
         self.guard = data.get("guard", {}) if isinstance(data, dict) else {}
+        kernel = data.get("kernel") if isinstance(data, dict) else None
+        self.kernel = kernel if isinstance(kernel, dict) else {}
         self._loaded = self._serialize() if data else None
 
     def _save(self) -> None:
@@ -74,7 +81,7 @@ class State:
     def read(self) -> State:
         """A consistent read without keeping the lock; creates nothing when there is no state yet."""
         if not os.path.exists(self.path):
-            self.records, self.guard = {}, {}
+            self.records, self.guard, self.kernel = {}, {}, {}
             return self
         with self.locked(write=False):
             pass
