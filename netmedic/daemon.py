@@ -384,6 +384,8 @@ class Daemon:
         return {"pid": os.getpid(), "started": _iso(self.started), "updated": _iso(time.time()),
                 "dry_run": self.engine.dry_run, "policy": getattr(self.engine.policy, "source", None),
                 "resync_interval": self.resync_interval, "sources": sources,
+                "remedies": {name: {k: c.get(k) for k in ("remedy", "chosen", "why")}
+                             for name, c in sorted(self.engine.choices.items())},
                 "last_events": list(self.last_events), "last_heals": list(self.last_heals)}
 
     def write_status(self, force: bool = False, final: bool = False) -> None:
@@ -668,6 +670,12 @@ def render_status(status: dict, path: str) -> str:
     for name, src in sorted((status.get("sources") or {}).items()):
         detail = ", ".join(f"{k}={v}" for k, v in src.items() if k != "state" and v not in (None, [], ""))
         lines.append(f"  {name:<10} {src.get('state', '?'):<13} {detail}")
+    remedies = status.get("remedies") or {}
+    if remedies:
+        lines += ["", "remedies:"]
+        lines += [f"  {name:<22} {r.get('remedy')}" + (f" -> {r.get('chosen')}" if r.get("chosen") != r.get("remedy")
+                                                       else "") + f"  ({r.get('why')})"
+                  for name, r in sorted(remedies.items())]
     lines += ["", "last events:"]
     lines += [f"  {e['ts']}  {e['source']:<22} {e['detail']}" for e in status.get("last_events", [])[-10:]] \
         or ["  (none)"]

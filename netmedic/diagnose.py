@@ -31,7 +31,7 @@ VERDICTS = ("ok", "broken", "risk", "unknown")
 HOPS = ((1, "nic", "domain and NIC"), (2, "tap", "tap"), (3, "port", "bridge port"), (4, "fdb", "fdb"),
         (5, "duplicates", "duplicates"), (6, "uplink", "uplink"), (7, "l3", "L3 on the host"),
         (8, "ip", "VM IP address"), (9, "probe", "probe"))
-ALL_NEEDS = ("addresses", "port_vlans", "nat_rules", "dnsmasq")
+ALL_NEEDS = ("addresses", "port_vlans", "nat_rules", "dnsmasq", "guard")
 
 
 class DiagnoseError(InputError):
@@ -233,17 +233,20 @@ def hop_fdb(c: _Ctx, hop: Hop) -> None:
         return
     entry = c.snap.fdb.get((n.bridge, n.mac))
     if entry is None:
-        hop.evidence = {"entry": None}
+        hop.evidence = {"entry": None, **_held(c)}
         hop.set("unknown", f"{n.mac} is not in {n.bridge}'s fdb: the guest has sent nothing since its port "
                 "came up (not booted, no network configuration, or its frames never reach the bridge)",
                 f"netmedic heal pins it on {tap.name} before the guest sends (fdb_ownership)")
         return
     where = c.snap.name_of(entry.port_index) or f"ifindex {entry.port_index}"
     hop.evidence = {"entry": {"port": where, "static": entry.static, "sticky": entry.sticky,
-                              "local": entry.local}, "expected_port": tap.name}
+                              "local": entry.local}, "expected_port": tap.name, **_held(c)}
     if entry.port_index == tap.index:
         if entry.sticky and entry.static:
             hop.set("ok", f"{n.mac} is on its tap {tap.name}, pinned static sticky")
+        elif hop.evidence.get("guarded"):
+            hop.set("ok", f"{n.mac} is on its tap {tap.name}, held by netmedic's reflection guard (its frames "
+                    f"entering other ports of {n.bridge} are dropped before the bridge learns from them)")
         else:
             v = c.about("fdb_ownership", mac=n.mac, kind="unpinned")
             hop.set("risk", f"{n.mac} is learned on its tap {tap.name} but not pinned: a reflected frame can "
@@ -260,6 +263,20 @@ def hop_fdb(c: _Ctx, hop: Hop) -> None:
             f"frames for the VM are sent out {where} (fdb poisoned)",
             (c.fix_for(v[0]) if v else f"bridge fdb replace {n.mac} dev {tap.name} master static sticky")
             + "; the cause is behind the port that taught it (hop 6)")
+
+
+def _held(c: _Ctx) -> dict:
+    """How the VM MAC is held on its tap: the mechanism fdb_ownership's remedy resolves to here, and
+    whether netmedic's reflection guard holds it."""
+    out = {}
+    inv = INVARIANTS.get("fdb_ownership")
+    if inv is not None:
+        choice = inv.choice(c.snap, c.policy.invariants["fdb_ownership"].options)
+        if choice:
+            out["remedy"] = {k: choice[k] for k in ("remedy", "chosen", "why")}
+    if c.snap.guard is not None and c.snap.guard.present:
+        out["guarded"] = c.snap.guard.guards(c.nic.bridge, c.nic.mac, c.nic.tap)
+    return out
 
 
 def hop_duplicates(c: _Ctx, hop: Hop) -> None:
@@ -327,6 +344,10 @@ def hop_uplink(c: _Ctx, hop: Hop, fdb_hop: Hop) -> None:
         hop.set("risk", f"the VM's MAC was learned on {entry['port']}: something behind it sends frames "
                 "with the VM's MAC — a switch reflecting the VM's broadcasts (on a real host: a round-robin "
                 "bond, the founding case) or a remote duplicate (hop 5; --probe tells them apart)", REMEDY_TEXT)
+    for v in c.about("fdb_ownership", bridge=n.bridge, kind="guard_drops"):
+        hop.evidence["guard_drops"] = v.evidence["drops"]
+        hop.set("risk", v.message + ", dropped before the bridge learned from them (the VM keeps its port: hop "
+                "4); hop 5 with --probe tells a reflection from another machine using the MAC", v.evidence["fix"])
     seen = (c.snap.sightings or {}).get((n.bridge, n.mac))
     if seen and seen.get("reflected"):
         hop.set("risk", f"{seen['reflected']} of the VM's own frames came back from {', '.join(seen['ports'])}: "
@@ -512,7 +533,7 @@ def hop_probe(c: _Ctx, hop: Hop, probe: Optional[dict], vm_ip: Optional[str]) ->
 # --- the walk -------------------------------------------------------------------------------------------
 def diagnose(domain: str, nic: Optional[str] = None, domain_dir: Optional[str] = None,
              network_dir: Optional[str] = None, policy=None, leases_dir: str = hostfacts.DEFAULT_LEASES_DIR,
-             probe: bool = False, probe_seconds: float = 1.5, netlink=None) -> dict:
+             probe: bool = False, probe_seconds: float = 1.5, netlink=None, state=None) -> dict:
     from netmedic.policies import config
 
     policy = policy or config.load(None)
@@ -526,7 +547,7 @@ def diagnose(domain: str, nic: Optional[str] = None, domain_dir: Optional[str] =
     own = netlink is None
     netlink = netlink or nl.Netlink()
     try:
-        snap = observe(netlink, inv, {}, needs=ALL_NEEDS)
+        snap = observe(netlink, inv, {}, needs=ALL_NEEDS, kernel=state.kernel if state is not None else None)
         hops = [Hop(num, name, title) for num, name, title in HOPS]
         ctx = _Ctx(snap, chosen, policy, {})
         vm_ip = hop_ip(ctx, hops[7], leases_dir)
@@ -608,6 +629,16 @@ def exit_code(report: dict) -> int:
     return 1 if report["first_broken"] else 0
 
 
+def _state(args):
+    """netmedic's state, read only (what the kernel showed about itself), or None."""
+    from netmedic.state import DEFAULT_STATE_DIR, State
+
+    try:
+        return State(getattr(args, "state_dir", None) or DEFAULT_STATE_DIR).read()
+    except OSError:
+        return None
+
+
 def main(args) -> int:
     """The CLI entry (netmedic.cli registers the subcommand)."""
     import json
@@ -620,7 +651,7 @@ def main(args) -> int:
     try:
         report = diagnose(args.domain, nic=args.nic, domain_dir=args.domain_xml_dir,
                           network_dir=args.network_xml_dir, policy=policy, leases_dir=args.leases_dir,
-                          probe=args.probe, probe_seconds=args.probe_seconds)
+                          probe=args.probe, probe_seconds=args.probe_seconds, state=_state(args))
     except (NetmedicError, PermissionError):
         raise  # the CLI's one-line error, exit 2
     except Exception as exc:  # noqa: BLE001 - a bug must not look like a broken hop (exit 1)
