@@ -272,7 +272,7 @@ def _held(c: _Ctx) -> dict:
     inv = INVARIANTS.get("fdb_ownership")
     if inv is not None:
         choice = inv.choice(c.snap, c.policy.invariants["fdb_ownership"].options)
-        if choice:
+        if choice and (choice["detected"] or choice["remedy"] != "auto"):  # auto before the first pin: the pin
             out["remedy"] = {k: choice[k] for k in ("remedy", "chosen", "why")}
     if c.snap.guard is not None and c.snap.guard.present:
         out["guarded"] = c.snap.guard.guards(c.nic.bridge, c.nic.mac, c.nic.tap)

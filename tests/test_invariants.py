@@ -85,7 +85,8 @@ def test_fdb_poisoned_on_the_uplink():
     assert (v.invariant, v.kind, v.severity) == ("fdb_ownership", "poisoned", "broken")
     assert v.subject.as_dict() == {"bridge": "br0", "port": "vnet0", "domain": "vm1", "mac": MAC1}
     assert v.evidence == {"expected_port": "vnet0",
-                          "fdb_entry": {"port": "bond0", "static": False, "sticky": False, "local": False}}
+                          "fdb_entry": {"port": "bond0", "static": False, "sticky": False, "local": False},
+                          "mechanism": "pin-sticky"}
     assert "bond0" in v.message and "vnet0" in v.message
     assert v.key == f"fdb_ownership:poisoned:bridge=br0 port=vnet0 domain=vm1 mac={MAC1}"
 

@@ -46,7 +46,7 @@ def test_shipped_default_parses_with_the_documented_modes():
     assert policy.kill_switch_file == "/etc/netmedic/kill-switch"
     assert policy.limits == config.Limits()  # the file spells out the built-in defaults
     assert policy.scope == config.Scope()
-    assert policy.invariants["fdb_ownership"].options == {"require_pin": True, "remedy": "pin-sticky"}
+    assert policy.invariants["fdb_ownership"].options == {"require_pin": True, "remedy": "auto"}
     assert policy.invariants["port_forwarding"].options == {"learning": "any", "flood": "any"}
 
 
