@@ -1,7 +1,8 @@
 """`python -m bench [--quick] [--only FIG,...] [--out FILE] [--json FILE] [--seed-seconds S]`
 
-Figures (docs/benchmarks.md explains each): reconcile, events, protect, footprint, seed, hook, virsh.
-`events`, `protect` and `footprint` share one daemon run on the big host.
+Figures (docs/benchmarks.md explains each): reconcile, events, protect, footprint, guard, seed, hook, virsh.
+`events`, `protect` and `footprint` share one daemon run on the big host; `guard` (time to protect with
+the reflection guard) runs a daemon of its own there, with `remedy: guard`.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from bench.stats import summary
 from netmedic import labnet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIGURES = ("reconcile", "events", "protect", "footprint", "seed", "hook", "virsh")
+FIGURES = ("reconcile", "events", "protect", "footprint", "guard", "seed", "hook", "virsh")
 FULL = {"vms": 1000, "bridges": 4, "fdb": 50000, "repeat": 5, "protect": 8, "heal": 3, "idle": 62, "idle_windows": 3,
         "storm_rate": 20000, "storm_seconds": 10, "rates": [5000, 10000, 20000, 40000, 0],
         "seed_seconds": 60, "hook_vms": 200, "hook_repeat": 7, "virsh_repeat": 10}
@@ -295,6 +296,37 @@ def fig_daemon(topo, h, sc, workdir, policy, only) -> dict:
     return out
 
 
+def fig_guard(topo, h, sc, workdir, policy) -> dict:
+    """Time to protect a new VM with the reflection guard (fdb_ownership remedy: guard): a daemon of its
+    own on the big host (its startup guards every VM there), new VMs on a small extra bridge."""
+    with open(policy) as fh:
+        data = yaml.safe_load(fh)
+    data["invariants"]["fdb_ownership"]["remedy"] = "guard"
+    gpolicy = os.path.join(workdir, "policy-guard.yaml")
+    with open(gpolicy, "w") as fh:
+        yaml.safe_dump(data, fh)
+    gbr = "gbr"
+    hostmod._batch(topo, "ip", h.ns, [f"link add name {gbr} type bridge stp_state 0 forward_delay 0",
+                                      f"link set {gbr} up"], os.path.join(workdir, "gbr.batch"))
+    wd = os.path.join(workdir, "guard")
+    os.makedirs(wd, exist_ok=True)
+    log("guard: starting a daemon with remedy: guard on the big host")
+    d = Daemon(topo, h.ns, wd, h.domain_dir, h.network_dir, gpolicy, "--resync", "60")
+    out: dict = {}
+    try:
+        out["startup_seconds"] = d.wait_started()
+        log(f"guard: {sc['protect']} new VMs on {gbr}")
+        macs = [hostmod.vm_mac(i, 0x71) for i in range(sc["protect"])]
+        cfg = {"bridge": gbr, "domain_dir": h.domain_dir, "macs": macs, "repeat": sc["protect"], "gap": 0.3}
+        out["protect"] = worker(topo, h.ns, "protect_guard", cfg, workdir)
+        out["healers"] = sorted({r.get("healer") for r in d.audit("healed")
+                                 if r.get("subject", {}).get("bridge") == gbr})
+        out["daemon_alive"] = d.proc.poll() is None
+    finally:
+        out["daemon_rc"] = d.stop()
+    return out
+
+
 def fig_consume(topo, h, sc, workdir) -> dict:
     log(f"events: Listener + Dispatcher at rates {sc['rates']} (0 = flat out)")
     cfg = {"rates": sc["rates"], "duration": 3 if sc is FULL else 2,
@@ -449,7 +481,7 @@ def main(argv=None) -> int:
     topo = labnet.Topology("nmb")
     try:
         policy = bench_policy(os.path.join(workdir, "policy.yaml"), workdir)
-        need_host = set(only) & {"reconcile", "events", "protect", "footprint"}
+        need_host = set(only) & {"reconcile", "events", "protect", "footprint", "guard"}
         h = None
         if need_host:
             log(f"building the host: {sc['vms']} taps on {sc['bridges']} bridges, {sc['fdb']} fdb entries")
@@ -462,6 +494,8 @@ def main(argv=None) -> int:
             results["consume"] = fig_consume(topo, h, sc, workdir)
         if set(only) & {"events", "protect", "footprint"}:
             results["daemon"] = fig_daemon(topo, h, sc, workdir, policy, only)
+        if "guard" in only:
+            results["guard"] = fig_guard(topo, h, sc, workdir, policy)
         if "hook" in only:
             results["hook"] = fig_hook(topo, sc, workdir, policy)
         if "virsh" in only:

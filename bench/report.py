@@ -76,6 +76,15 @@ def rows(r: dict) -> list:
                     "host; from the tap's link event (enslaved) to the pin's fdb event",
                     "—", f"p99 {fmt(p99 and p99 * 1000, ' ms')}; {_ms(s)}; missed {len(pr['missed'])}", "—",
                     "p99 ≤ 50 ms", _met(p99 is not None and p99 <= 0.05 and not pr["missed"])))
+    gpr = (r.get("guard") or {}).get("protect")
+    if gpr:
+        s = summary(gpr["samples"])
+        p99 = s["p99"]
+        out.append(("time to protect, reflection guard (daemon path)", f"as above, with `remedy: guard`: new tap + "
+                    f"domain XML on a bridge of the {host.get('vms')}-VM host; from the tap's link event to the "
+                    "nf_tables event of the guard's new set element", "—",
+                    f"p99 {fmt(p99 and p99 * 1000, ' ms')}; {_ms(s)}; missed {len(gpr['missed'])}", "—",
+                    "p99 ≤ 50 ms", _met(p99 is not None and p99 <= 0.05 and not gpr["missed"])))
     hl = dmn.get("heal")
     if hl:
         s = summary(hl["samples"])

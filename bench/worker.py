@@ -254,6 +254,82 @@ def protect(cfg: dict) -> dict:
     return {"samples": samples, "missed": missed}
 
 
+class _NftWatch:
+    """nf_tables events (NFNLGRP_NFTABLES on a NETLINK_NETFILTER socket) with their arrival time: the
+    benchmark's own listener, reading only the message type and looking for the MAC's bytes in a new
+    set element (netmedic's guard commits the MAC's two set elements in one transaction)."""
+
+    NETLINK_NETFILTER, NFNLGRP_NFTABLES = 12, 7
+    NEWSETELEM = (10 << 8) | 12  # NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWSETELEM
+
+    def __init__(self):
+        import socket
+
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, self.NETLINK_NETFILTER)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024 * 1024)
+        self.sock.bind((0, 1 << (self.NFNLGRP_NFTABLES - 1)))
+        self.backlog: list = []  # (message bytes, arrival time)
+
+    def wait_element(self, mac: str, timeout: float):
+        """The arrival time of the first new set element holding `mac`, or None after timeout."""
+        import struct
+
+        want = bytes.fromhex(mac.replace(":", ""))
+        end = time.monotonic() + timeout
+        while True:
+            while self.backlog:
+                msg, at = self.backlog.pop(0)
+                if msg[4:6] == struct.pack("=H", self.NEWSETELEM) and want in msg:
+                    return at
+            left = end - time.monotonic()
+            if left <= 0:
+                return None
+            r, _, _ = select.select([self.sock], [], [], left)
+            if not r:
+                continue
+            data = self.sock.recv(1 << 20)
+            now = time.monotonic()
+            off = 0
+            while off + 16 <= len(data):
+                length = struct.unpack_from("=I", data, off)[0]
+                if length < 16:
+                    break
+                self.backlog.append((data[off:off + length], now))
+                off += (length + 3) & ~3
+
+    def close(self):
+        self.sock.close()
+
+
+def protect_guard(cfg: dict) -> dict:
+    """Time to protect with the reflection guard: from the tap's link event (enslaved) to the nf_tables
+    event of the new set element holding the VM's MAC (the guard's transaction committed)."""
+    from netmedic import labnet
+
+    br = cfg["bridge"]
+    watch, nft = _Watch(), _NftWatch()
+    samples, missed = [], []
+    try:
+        for i in range(cfg["repeat"]):
+            tap, mac = f"gt{i}", cfg["macs"][i]
+            labnet.write_domain_xml(cfg["domain_dir"], f"gvm{i}", [{"mac": mac, "bridge": br, "tap": tap}])
+            _ip_batch([f"link add name {tap} address {labnet.tap_mac_for(mac)} type veth peer name {tap}p",
+                       f"link set {tap}p up", f"link set {tap} master {br}", f"link set {tap} up"])
+            br_index = _ifindex(br)
+            t_tap = watch.wait(lambda ev, t=tap, b=br_index: ev.kind == "link" and ev.name == t
+                               and ev.master == b, 10)
+            t_guard = nft.wait_element(mac, 30)
+            if t_tap is None or t_guard is None:
+                missed.append(tap)
+            else:
+                samples.append(t_guard - t_tap)
+            time.sleep(cfg.get("gap", 0.2))
+    finally:
+        watch.close()
+        nft.close()
+    return {"samples": samples, "missed": missed}
+
+
 def heal(cfg: dict) -> dict:
     """Delete and re-create the bridge: every tap of it is detached; time from the new bridge's link
     event to each tap's re-pin (the pin is the last step: re-enslave, then pin)."""
@@ -310,7 +386,8 @@ def hook(cfg: dict) -> dict:
     return {**rows, "rc": rcs}
 
 
-FIGURES = {"reconcile": reconcile, "consume": consume, "protect": protect, "heal": heal, "hook": hook}
+FIGURES = {"reconcile": reconcile, "consume": consume, "protect": protect, "protect_guard": protect_guard,
+           "heal": heal, "hook": hook}
 
 
 def main(argv) -> int:

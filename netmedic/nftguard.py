@@ -26,7 +26,11 @@ so a MAC a VM uses on two bridges passes on both of its taps.
 """
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
+import socket
+import struct
 from typing import Optional
 
 from netmedic.errors import DependencyError, HostError
@@ -41,6 +45,13 @@ _T = {"family": FAMILY, "table": TABLE}
 _SADDR = {"payload": {"protocol": "ether", "field": "saddr"}}
 
 _ctx = None
+_cache: dict = {}  # netns inode -> (generation, _Model): the latest read (or own change) there
+stats = {"reads": 0, "cached": 0}  # how often the table was listed / a cached model reused (tests, bench)
+
+# NFT_MSG_GETGEN: the ruleset generation id, bumped by the kernel on every committed change (~50 µs to ask).
+_NETLINK_NETFILTER, _NFNL_SUBSYS_NFTABLES, _NFT_MSG_GETGEN, _NFT_MSG_NEWGEN = 12, 10, 16, 15
+_HDR = struct.Struct("=IHHII")
+_NFGEN = struct.Struct("=BBH")
 
 
 def set_name(bridge: str) -> str:
@@ -78,6 +89,40 @@ def _nft():
     return _ctx
 
 
+def generation() -> Optional[int]:
+    """This namespace's nf_tables ruleset generation (NFT_MSG_GETGEN), None when it cannot be had."""
+    try:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER)
+    except OSError:
+        return None
+    try:
+        sock.settimeout(2.0)
+        sock.bind((0, 0))
+        sock.send(_HDR.pack(_HDR.size + _NFGEN.size, (_NFNL_SUBSYS_NFTABLES << 8) | _NFT_MSG_GETGEN, 1, 1, 0)
+                  + _NFGEN.pack(socket.AF_UNSPEC, 0, 0))
+        data = sock.recv(8192)
+    except OSError:
+        return None
+    finally:
+        sock.close()
+    off = 0
+    while off + _HDR.size <= len(data):
+        length, kind = _HDR.unpack_from(data, off)[:2]
+        if length < _HDR.size or off + length > len(data):
+            break
+        if kind == (_NFNL_SUBSYS_NFTABLES << 8) | _NFT_MSG_NEWGEN:
+            pos = off + _HDR.size + _NFGEN.size
+            while pos + 8 <= off + length:
+                alen, atype = struct.unpack_from("=HH", data, pos)
+                if alen < 4:
+                    break
+                if atype & 0x3FFF == 1:  # NFTA_GEN_ID
+                    return struct.unpack_from(">I", data, pos + 4)[0]
+                pos += (alen + 3) & ~3
+        off += (length + 3) & ~3
+    return None
+
+
 def _cmd(commands: list, what: str):
     rc, out, err = _nft().json_cmd({"nftables": commands})
     if rc != 0:
@@ -86,35 +131,47 @@ def _cmd(commands: list, what: str):
     return out
 
 
-def _listing() -> Optional[list]:
-    """The objects of netmedic's table (None when there is no such table)."""
+@dataclasses.dataclass
+class _Model:
+    """netmedic's table as listed: what a change is planned from, and what a read hands out."""
+
+    present: bool = False
+    hooked: bool = False
+    sets: dict = dataclasses.field(default_factory=dict)  # name -> set of elements (mac, or (mac, tap))
+    rules: dict = dataclasses.field(default_factory=dict)  # bridge -> {"handle", "packets", "bytes"}
+
+    def table(self) -> GuardTable:
+        bridges = {}
+        for bridge, r in self.rules.items():
+            macs = self.sets.get(set_name(bridge))
+            if macs is None:
+                continue  # a rule without its set cannot be: re-made when the bridge is guarded
+            bridges[bridge] = BridgeGuard(bridge=bridge, macs=frozenset(macs), rule=True, drops=r["packets"],
+                                          drop_bytes=r["bytes"])
+        return GuardTable(present=self.present, hooked=self.hooked,
+                          owners=frozenset(self.sets.get(OWNERS, ())), bridges=bridges)
+
+
+def _elem(e):
+    v = e.get("elem", {}).get("val") if isinstance(e, dict) and "elem" in e else e
+    if isinstance(v, dict) and isinstance(v.get("concat"), list) and len(v["concat"]) == 2:
+        return (str(v["concat"][0]).lower(), str(v["concat"][1]))
+    return str(v).lower() if isinstance(v, str) else None
+
+
+def _load() -> _Model:
+    """List netmedic's table (its cost grows with the number of guarded MACs: libnftables fills its
+    cache with every element; ~20-60 ms for 1,000)."""
+    stats["reads"] += 1
     rc, out, _err = _nft().json_cmd({"nftables": [{"list": {"table": {"family": FAMILY, "name": TABLE}}}]})
     if rc != 0:
-        return None  # ENOENT: no table (any other failure shows when writing)
-    return (out or {}).get("nftables", [])
-
-
-def _elem_value(e):
-    return e.get("elem", {}).get("val") if isinstance(e, dict) and "elem" in e else e
-
-
-def read() -> GuardTable:
-    """The guard as the kernel has it now."""
-    try:
-        objs = _listing()
-    except DependencyError as exc:
-        return GuardTable(present=False, error=str(exc))
-    if objs is None:
-        return GuardTable(present=False)
-    sets: dict = {}
-    hooked = False
-    rules: dict = {}  # bridge -> (packets, bytes)
-    for obj in objs:
+        return _Model()  # ENOENT: no table (any other failure shows when writing)
+    m = _Model(present=True)
+    for obj in (out or {}).get("nftables", []):
         if "set" in obj:
-            s = obj["set"]
-            sets[s.get("name")] = [_elem_value(e) for e in s.get("elem", [])]
+            m.sets[obj["set"].get("name")] = {x for x in map(_elem, obj["set"].get("elem", [])) if x is not None}
         elif "chain" in obj and obj["chain"].get("name") == CHAIN and obj["chain"].get("hook") == "prerouting":
-            hooked = True
+            m.hooked = True
         elif "rule" in obj and obj["rule"].get("chain") == CHAIN:
             r = obj["rule"]
             comment = r.get("comment") or ""
@@ -122,96 +179,135 @@ def read() -> GuardTable:
                 continue
             counter = next((x["counter"] for x in r.get("expr", []) if isinstance(x, dict) and "counter" in x), None)
             counter = counter if isinstance(counter, dict) else {}
-            rules[comment[len("guard "):]] = (int(counter.get("packets", 0)), int(counter.get("bytes", 0)))
-    owners = set()
-    for v in sets.get(OWNERS, []):
-        if isinstance(v, dict) and isinstance(v.get("concat"), list) and len(v["concat"]) == 2:
-            owners.add((str(v["concat"][0]).lower(), str(v["concat"][1])))
-    bridges = {}
-    names = {set_name(b): b for b in rules}
-    for name, elems in sets.items():
-        if not name.startswith("vms_"):
-            continue
-        bridge = names.get(name)
-        if bridge is None:
-            continue  # a set whose rule is gone: no bridge to name (re-made when the bridge is guarded)
-        packets, nbytes = rules[bridge]
-        bridges[bridge] = BridgeGuard(bridge=bridge, macs=frozenset(str(m).lower() for m in elems),
-                                      rule=True, drops=packets, drop_bytes=nbytes)
-    for bridge, (packets, nbytes) in rules.items():
-        bridges.setdefault(bridge, BridgeGuard(bridge=bridge, macs=frozenset(), rule=True, drops=packets,
-                                               drop_bytes=nbytes))
-    return GuardTable(present=True, hooked=hooked, owners=frozenset(owners), bridges=bridges)
+            m.rules[comment[len("guard "):]] = {"handle": r.get("handle"), "packets": int(counter.get("packets", 0)),
+                                                "bytes": int(counter.get("bytes", 0))}
+    return m
+
+
+def _netns() -> int:
+    try:
+        return os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return 0
+
+
+def _model(fresh: bool = False) -> tuple:
+    """(generation, _Model): the cached model while the ruleset generation is the one it was read at."""
+    gen = generation()
+    cached = _cache.get(_netns())
+    if not fresh and gen is not None and cached is not None and cached[0] == gen:
+        stats["cached"] += 1
+        return gen, cached[1]
+    m = _load()
+    if gen is not None:
+        _cache[_netns()] = (gen, m)
+    return gen, m
+
+
+def _changed(gen0: Optional[int], m: _Model, apply) -> None:
+    """After netmedic's own commit: when it was the only change since `gen0`, apply it to the cached model;
+    otherwise forget the model (the next read lists the table again)."""
+    gen1 = generation()
+    if gen0 is None or gen1 is None or gen1 != (gen0 + 1) & 0xFFFFFFFF or apply is None:
+        _cache.pop(_netns(), None)
+        return
+    apply(m)
+    _cache[_netns()] = (gen1, m)
+
+
+def read(fresh: bool = False) -> GuardTable:
+    """The guard as the kernel has it. Listed again only when the ruleset generation changed since the last
+    read (the drop counters change without a new generation: `fresh` lists it anyway, for the counters)."""
+    try:
+        return _model(fresh)[1].table()
+    except DependencyError as exc:
+        return GuardTable(present=False, error=str(exc))
 
 
 def add(bridge: str, mac: str, tap: str, stale_tap: Optional[str] = None) -> None:
     """Guard `mac` on `bridge`: its frames are accepted from `tap` only. Makes the table, the chain, the
     sets and the bridge's rule when missing (a firewall reload took them); one transaction."""
     mac = mac.lower()
-    objs = _listing() or []
+    gen0, m = _model()
     vms = set_name(bridge)
-    have_rule = any("rule" in o and o["rule"].get("chain") == CHAIN
-                    and o["rule"].get("comment") == rule_comment(bridge) for o in objs)
-    cmds: list = [
-        {"add": {"table": {"family": FAMILY, "name": TABLE}}},
-        {"add": {"chain": {**_T, "name": CHAIN, "type": "filter", "hook": "prerouting", "prio": PRIORITY,
-                           "policy": "accept"}}},
-        {"add": {"set": {**_T, "name": OWNERS, "type": ["ether_addr", "ifname"]}}},
-        {"add": {"set": {**_T, "name": vms, "type": "ether_addr"}}},
-    ]
-    if not have_rule:
+    new_rule = not (m.present and m.hooked and bridge in m.rules and vms in m.sets)
+    cmds: list = []
+    # Only what is missing (an `add` of an existing object is harmless, but has libnftables fill its cache
+    # with every element first: tens of ms with 1,000 guarded MACs).
+    if not m.present:
+        cmds.append({"add": {"table": {"family": FAMILY, "name": TABLE}}})
+    if not m.hooked:
+        cmds.append({"add": {"chain": {**_T, "name": CHAIN, "type": "filter", "hook": "prerouting",
+                                       "prio": PRIORITY, "policy": "accept"}}})
+    if OWNERS not in m.sets:
+        cmds.append({"add": {"set": {**_T, "name": OWNERS, "type": ["ether_addr", "ifname"]}}})
+    if vms not in m.sets:
+        cmds.append({"add": {"set": {**_T, "name": vms, "type": "ether_addr"}}})
+    if new_rule:
+        if bridge in m.rules:  # its set is gone: the rule is re-made with it
+            cmds.append({"delete": {"rule": {**_T, "chain": CHAIN, "handle": m.rules[bridge]["handle"]}}})
         cmds.append({"add": {"rule": {**_T, "chain": CHAIN, "comment": rule_comment(bridge), "expr": [
             {"match": {"op": "==", "left": _SADDR, "right": f"@{vms}"}},
             {"match": {"op": "!=", "left": {"concat": [_SADDR, {"meta": {"key": "iifname"}}]},
                        "right": f"@{OWNERS}"}},
             {"counter": None},
             {"drop": None}]}}})
-    if stale_tap and stale_tap != tap and (mac, stale_tap) in _owner_pairs(objs):
-        cmds.append({"delete": {"element": {**_T, "name": OWNERS,
-                                            "elem": [{"concat": [mac, stale_tap]}]}}})
+    stale = stale_tap and stale_tap != tap and (mac, stale_tap) in m.sets.get(OWNERS, ())
+    if stale:
+        cmds.append({"delete": {"element": {**_T, "name": OWNERS, "elem": [{"concat": [mac, stale_tap]}]}}})
     cmds += [
         {"add": {"element": {**_T, "name": OWNERS, "elem": [{"concat": [mac, tap]}]}}},
         {"add": {"element": {**_T, "name": vms, "elem": [mac]}}},
     ]
     _cmd(cmds, f"guard {mac} on {tap} of {bridge}")
 
+    def apply(model: _Model) -> None:
+        model.present = model.hooked = True
+        owners = model.sets.setdefault(OWNERS, set())
+        if stale:
+            owners.discard((mac, stale_tap))
+        owners.add((mac, tap))
+        model.sets.setdefault(vms, set()).add(mac)
 
-def _owner_pairs(objs: list) -> set:
-    out = set()
-    for o in objs:
-        if "set" in o and o["set"].get("name") == OWNERS:
-            for e in o["set"].get("elem", []):
-                v = _elem_value(e)
-                if isinstance(v, dict) and isinstance(v.get("concat"), list) and len(v["concat"]) == 2:
-                    out.add((str(v["concat"][0]).lower(), str(v["concat"][1])))
-    return out
+    _changed(gen0, m, None if new_rule else apply)  # a new rule's handle is only known from a listing
 
 
 def remove(bridge: str, mac: str, tap: str) -> None:
     """Stop guarding `mac` on `bridge` (and forget its tap); the bridge's rule and set go with its last
     MAC, the table with the last bridge. What is already gone is no error."""
     mac = mac.lower()
-    objs = _listing()
-    if objs is None:
+    gen0, m = _model()
+    if not m.present:
         return  # no table: nothing of netmedic's is left to remove
     vms = set_name(bridge)
-    sets = {o["set"]["name"]: [_elem_value(e) for e in o["set"].get("elem", [])] for o in objs if "set" in o}
     cmds: list = []
-    if (mac, tap) in _owner_pairs(objs):
+    if (mac, tap) in m.sets.get(OWNERS, ()):
         cmds.append({"delete": {"element": {**_T, "name": OWNERS, "elem": [{"concat": [mac, tap]}]}}})
-    left = [str(m).lower() for m in sets.get(vms, [])]
+    left = set(m.sets.get(vms, ()))
     if mac in left:
         cmds.append({"delete": {"element": {**_T, "name": vms, "elem": [mac]}}})
-        left.remove(mac)
-    if not left:  # the bridge's last guarded MAC: its rule and set go
-        for o in objs:
-            r = o.get("rule")
-            if r and r.get("chain") == CHAIN and r.get("comment") == rule_comment(bridge):
-                cmds.append({"delete": {"rule": {**_T, "chain": CHAIN, "handle": r["handle"]}}})
-        if vms in sets:
+        left.discard(mac)
+    drop_bridge = not left
+    drop_table = drop_bridge and not any(elems for n, elems in m.sets.items() if n.startswith("vms_") and n != vms)
+    if drop_table:
+        cmds = [{"delete": {"table": {"family": FAMILY, "name": TABLE}}}]
+    elif drop_bridge:  # the bridge's last guarded MAC: its rule and set go
+        if bridge in m.rules:
+            cmds.append({"delete": {"rule": {**_T, "chain": CHAIN, "handle": m.rules[bridge]["handle"]}}})
+        if vms in m.sets:
             cmds.append({"delete": {"set": {**_T, "name": vms}}})
-        others = [n for n, elems in sets.items() if n.startswith("vms_") and n != vms and elems]
-        if not others:
-            cmds = [{"delete": {"table": {"family": FAMILY, "name": TABLE}}}]
-    if cmds:
-        _cmd(cmds, f"stop guarding {mac} on {tap} of {bridge}")
+    if not cmds:
+        return
+    _cmd(cmds, f"stop guarding {mac} on {tap} of {bridge}")
+
+    def apply(model: _Model) -> None:
+        if drop_table:
+            model.present, model.hooked, model.sets, model.rules = False, False, {}, {}
+            return
+        model.sets.get(OWNERS, set()).discard((mac, tap))
+        model.sets.get(vms, set()).discard(mac)
+        if drop_bridge:
+            model.rules.pop(bridge, None)
+            model.sets.pop(vms, None)
+
+    _changed(gen0, m, apply)

@@ -187,7 +187,7 @@ def observe(netlink, inventory: Inventory, records: Optional[dict] = None,
     return Snapshot(links=links, inventory=inventory, fdb=fdb, sysctls=sysctls, forward_chains=chains,
                     records=dict(records or {}), bridges_observed=only, domains_observed=narrow,
                     links_complete=only is None, kernel=_kernel(kernel, records or {}, links, fdb),
-                    **_extras(netlink, inventory, links, bridges_with_vms, set(needs)))
+                    **_extras(netlink, inventory, links, bridges_with_vms, set(needs), full=only is None))
 
 
 def _kernel(known: Optional[dict], records: dict, links: dict, fdb: dict) -> dict:
@@ -253,8 +253,9 @@ def _scoped_links(netlink, inventory: Inventory, only: frozenset, narrow: dict, 
     return links
 
 
-def _extras(netlink, inventory: Inventory, links: dict, bridges_with_vms: set, needs: set) -> dict:
-    """The optional facts, each only when needed and only when there is something to look at."""
+def _extras(netlink, inventory: Inventory, links: dict, bridges_with_vms: set, needs: set, full: bool = True) -> dict:
+    """The optional facts, each only when needed and only when there is something to look at. The guard's
+    table is listed again when the ruleset changed, and on every full observation (its drop counters)."""
     from netmedic import hostfacts
 
     out: dict = {}
@@ -271,7 +272,7 @@ def _extras(netlink, inventory: Inventory, links: dict, bridges_with_vms: set, n
         out["nat_rules"] = hostfacts.read_nat_rules() if any(n.ips for n in nat) else []
     if "guard" in needs:
         from netmedic import nftguard
-        out["guard"] = nftguard.read()
+        out["guard"] = nftguard.read(fresh=full)
     if "dnsmasq" in needs:
         out["dnsmasq"] = {n.name: hostfacts.read_dnsmasq(n.name, os.path.dirname(n.source_file))
                           for n in nat if n.ips and n.source_file}
