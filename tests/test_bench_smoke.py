@@ -67,3 +67,20 @@ def test_bench_quick_daemon_and_hook(tmp_path):
     assert "time to protect" in text and "hook cost: `start` (daemon)" in text
     for ns in res["namespaces"]:
         assert not os.path.exists(os.path.join("/run/netns", ns)), f"{ns} was left behind"
+
+
+def test_bench_quick_guard(tmp_path):
+    """Time to protect with the reflection guard: a daemon with `remedy: guard` guards every new VM (the
+    nf_tables event of its set element is seen for each), by the reflection_guard healer."""
+    out, raw = tmp_path / "benchmarks.md", tmp_path / "results.json"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "guard", "--out", str(out),
+                           "--json", str(raw)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(raw.read_text())
+    g = res["guard"]
+    assert g["daemon_alive"] and g["daemon_rc"] == 0 and g["healers"] == ["reflection_guard"]
+    assert len(g["protect"]["samples"]) == res["scale"]["protect"] and not g["protect"]["missed"]
+    assert "time to protect, reflection guard" in out.read_text()
+    for ns in res["namespaces"]:
+        assert not os.path.exists(os.path.join("/run/netns", ns)), f"{ns} was left behind"

@@ -96,3 +96,13 @@ def test_a_pin_read_back_without_the_sticky_flag_does_not_verify():
     assert HEALERS["fdb_pin"].verify(snap(fdb={("br0", MAC1): pinned(MAC1, 10, 2)}), v) is None
     plan, why = HEALERS["fdb_pin"].plan(v, snap({"fdb_sticky": False}), {**OPTS, "remedy": "pin-sticky"})
     assert plan is None and "sticky" in why
+
+
+def test_status_shows_the_remedy_chosen():
+    from netmedic.daemon import render_status
+
+    status = {"running": True, "pid": 1, "sources": {}, "remedies": {"fdb_ownership": {
+        "remedy": "auto", "chosen": "guard", "why": "the kernel does not keep the sticky flag"}}}
+    text = render_status(status, "/run/netmedic/status.json")
+    assert "remedies:" in text and "fdb_ownership" in text and "auto -> guard" in text
+    assert "does not keep the sticky flag" in text
