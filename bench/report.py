@@ -215,6 +215,10 @@ ANALYSIS = """
   before the tap appears. (With libvirt the qemu hook pins at `start begin`, before the guest runs, and
   libvirt writes the status XML after that; this figure is the daemon's own path.) The first VM goes on
   a bridge with no VM yet, which the daemon learns of from that VM's XML.
+- **Time to protect, reflection guard**: the same, with a daemon of its own whose policy says
+  `fdb_ownership.remedy: guard` (its startup guards every VM of the big host); the end event is the
+  nf_tables notification (NFNLGRP_NFTABLES) of the guard's new set element holding the VM's MAC, i.e.
+  the commit of the transaction that guards it.
 - **Seed case**: labnet's seed topology (tc mirred reflection on the switch port); baseline: the same
   topology without netmedic. With netmedic: the daemon runs, then the "VM starts" (domain XML written,
   tap enslaved), the pin is awaited, then the VM pings its gateway every 10 ms.
