@@ -235,3 +235,20 @@ def test_auto_choice_without_the_sticky_flag_is_the_guard(quiet):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(proc.stdout)
     assert report["outcomes"] == [] and len(lab.nm.audit("remedy_chosen")) == 1
+
+
+def test_pin_and_guard_holds_both_and_releases_both(quiet):
+    lab, topo = quiet, quiet.topo
+    lab.nm.set_policy({"invariants": {"fdb_ownership": {"remedy": "pin-and-guard"}}})
+    report = lab.nm.heal_json()
+    assert sorted(o["plan"]["healer"] for o in report["outcomes"]) == ["fdb_pin", "reflection_guard"]
+    assert all(o["result"] == "healed" for o in report["outcomes"])
+    assert is_sticky_pin(fdb_entry(topo, lab.host, lab.bridge, lab.vm_mac), lab.tap)
+    assert guard_table(topo, lab.host)["sets"]["vms_br0"] == [lab.vm_mac]
+    assert sorted(lab.nm.records()) == [f"fdb_pin:br0:{lab.vm_mac}", f"reflection_guard:br0:{lab.vm_mac}"]
+    assert lab.nm.heal_json()["outcomes"] == []
+    os.unlink(os.path.join(lab.domain_xml_dir, "seedvm.xml"))
+    report = lab.nm.heal_json()
+    assert sorted(r["kind"] for r in report["released"]) == ["fdb_pin", "reflection_guard"]
+    assert not is_sticky_pin(fdb_entry(topo, lab.host, lab.bridge, lab.vm_mac), lab.tap)
+    assert "netmedic" not in bridge_tables(topo, lab.host) and lab.nm.records() == {}
