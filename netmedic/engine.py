@@ -101,9 +101,10 @@ class Engine:
         only = set(bridges) if bridges is not None else None
         # The records' healers may need facts to release them (netmedic's own firewall rules).
         release_needs = set()
-        for rec in self.state.records.values():
-            healer = for_record(rec)
-            if healer is not None and (only is None or rec.get("bridge") in only):
+        for kind in {rec.get("kind") for rec in self.state.records.values()
+                     if only is None or rec.get("bridge") in only}:
+            healer = for_record({"kind": kind})
+            if healer is not None:
                 release_needs |= set(healer.NEEDS)
         records = {**self.state.records, **{r["key"]: r for r in pending}} if pending else self.state.records
         snap = observe(self.ops.nl, inv, records, bridges=bridges, in_scope=self.policy.in_scope,

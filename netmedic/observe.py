@@ -151,6 +151,8 @@ def observe(netlink, inventory: Inventory, records: Optional[dict] = None,
         keys.append((nic.bridge, nic.mac))
     for rec in (records or {}).values():  # the entries of netmedic's own pins, for their release
         b, mac = rec.get("bridge"), rec.get("mac")
+        if narrow and b in narrow and rec.get("domain") not in narrow[b]:
+            continue  # a pass narrowed to some VMs releases only theirs (Snapshot.covers)
         if isinstance(b, str) and isinstance(mac, str) and (only is None or b in only) \
                 and links.get(b) is not None and links[b].kind == "bridge" and _MAC_RE.match(mac) \
                 and (in_scope is None or in_scope(b, rec.get("domain"))):
