@@ -254,6 +254,9 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from netmedic import plugin
+
+        plugin.load_plugins()  # third-party invariants and healers (entry points), before any policy is read
         return COMMANDS[args.command](args)
     except NetmedicError as exc:
         print(f"netmedic: error: {exc}", file=sys.stderr)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import sys
 from typing import Optional
 
 # The optional facts an invariant may ask observe() for (Snapshot fields read only when needed).
@@ -104,6 +105,10 @@ class Healer(abc.ABC):
         return self.RECORDS or (self.NAME,)
 
 
+def warn(message: str) -> None:
+    print(f"netmedic: warning: {message}", file=sys.stderr)
+
+
 def validate_invariant(inv) -> Invariant:
     """Refuse a malformed plugin at registration (a plugin bug, not the admin's)."""
     where = f"invariant plugin {type(inv).__module__}.{type(inv).__name__}"
@@ -129,7 +134,8 @@ def validate_healer(healer) -> Healer:
 
 
 def entry_points(group: str) -> list:
-    """The objects registered under an entry-point group (third-party plugins), loaded."""
+    """The objects registered under an entry-point group (third-party plugins), loaded. A plugin that
+    fails to load is skipped with a one-line warning on stderr (its bug must not stop netmedic)."""
     try:
         from importlib.metadata import entry_points as eps
     except ImportError:  # pragma: no cover
@@ -140,6 +146,24 @@ def entry_points(group: str) -> list:
         found = eps().get(group, [])
     out = []
     for ep in found:
-        obj = ep.load()
-        out.append(obj() if isinstance(obj, type) else obj)
+        try:
+            obj = ep.load()
+            out.append(obj() if isinstance(obj, type) else obj)
+        except Exception as exc:  # noqa: BLE001 - a third party's bug
+            warn(f"plugin {ep.name} ({group}): {exc!r}: skipped")
     return out
+
+
+_LOADED = False
+
+
+def load_plugins() -> None:
+    """Add the third-party invariants and healers of the entry-point groups to the registries (once)."""
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    from netmedic import healers, policies
+
+    policies.load_entry_points()
+    healers.load_entry_points()

@@ -33,7 +33,11 @@ def load_entry_points() -> None:
     """Add third-party invariants registered under the `netmedic.invariants` entry-point group (after the
     built-in ones; a name already taken is not replaced)."""
     for inv in plugin.entry_points("netmedic.invariants"):
-        inv = plugin.validate_invariant(inv)
+        try:
+            inv = plugin.validate_invariant(inv)
+        except TypeError as exc:  # a malformed plugin: skipped, said once
+            plugin.warn(f"{exc}: skipped")
+            continue
         INVARIANTS.setdefault(inv.NAME, inv)
 
 

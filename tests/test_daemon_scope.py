@@ -44,6 +44,8 @@ def test_vm_start_is_a_pass_over_that_vm_only(quiet, tmp_path):
         took = time.monotonic() - t0
         # The XML watch reacts at once (the fallback poll runs once a second).
         assert took < 0.9, took
+        # the pass's own "reconciled" line follows its heal by a few ms
+        assert _wait(lambda: any(p.get("domains") for p in lab.nm.audit("reconciled")[n_before:]), 2)
         passes = lab.nm.audit("reconciled")[n_before:]
         narrowed = [p for p in passes if p.get("domains")]
         assert narrowed and narrowed[0]["domains"] == {lab.bridge: ["vm2"]}, passes
@@ -65,8 +67,8 @@ def test_vm_start_is_a_pass_over_that_vm_only(quiet, tmp_path):
         topo.release(lab.host, lab.tap)
         assert _wait(lambda: topo.link(lab.host, lab.tap).get("master") == lab.bridge
                      and _pinned(lab, lab.vm_mac, lab.tap), 5)
-        passes = lab.nm.audit("reconciled")[n_before:]
-        assert any(p.get("domains") == {lab.bridge: [lab.domain]} for p in passes), passes
+        assert _wait(lambda: any(p.get("domains") == {lab.bridge: [lab.domain]}
+                                 for p in lab.nm.audit("reconciled")[n_before:]), 2), lab.nm.audit("reconciled")[n_before:]
 
         # The bridge itself changes (deleted and re-created): a pass over the whole bridge.
         n_before = len(lab.nm.audit("reconciled"))
@@ -75,8 +77,8 @@ def test_vm_start_is_a_pass_over_that_vm_only(quiet, tmp_path):
         topo.run(lab.host, "ip", "link", "set", lab.uplink, "master", lab.bridge)
         assert _wait(lambda: topo.link(lab.host, lab.tap).get("master") == lab.bridge
                      and _pinned(lab, lab.vm_mac, lab.tap), 5)
-        passes = lab.nm.audit("reconciled")[n_before:]
-        assert any(p.get("scope") == [lab.bridge] and not p.get("domains") for p in passes), passes
+        assert _wait(lambda: any(p.get("scope") == [lab.bridge] and not p.get("domains")
+                                 for p in lab.nm.audit("reconciled")[n_before:]), 2), lab.nm.audit("reconciled")[n_before:]
     finally:
         daemon.terminate()
         daemon.wait(10)
