@@ -57,6 +57,14 @@ class State:
         os.replace(tmp, self.path)
         self._loaded = text
 
+    def persist(self) -> None:
+        """Write now (fsync'd), inside locked(): what netmedic is about to create is on disk before the
+        host changes. A write that fails does not stop the caller (protection before bookkeeping)."""
+        try:
+            self._save()
+        except OSError:
+            pass  # the state stays in this process; the save at the end of the pass tries again
+
     @contextlib.contextmanager
     def locked(self, write: bool = True):
         """Load under an exclusive lock; save on a clean exit when write is true."""
