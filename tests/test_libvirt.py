@@ -583,3 +583,47 @@ def test_vm_ip_from_a_real_dnsmasq_lease(lv, clean):
                 os.rmdir(leftover)
             except OSError:
                 pass
+
+
+def test_twenty_vms_at_once_through_a_daemon_kill_a_bridge_rebuild_and_a_libvirtd_restart(lv, clean):
+    """Issue 12's acceptance: 20 diskless TCG domains started at once with the daemon running: all pinned;
+    the daemon SIGKILLed, the bridge deleted and re-created while it is down, the daemon started again:
+    all re-attached and pinned (no record duplicated); libvirtd restarted: still pinned; all destroyed at
+    once: no pin and no record left."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    vms = {f"{TAG}-m{i}": (_mac(200 + i), _tap(200 + i)) for i in range(20)}
+    daemon = lv.daemon("/run/libvirt/qemu")
+    try:
+        assert wait_for(_connected(lv), 20), (lv.tmp / "daemon.log").read_text()
+        with ThreadPoolExecutor(20) as pool:
+            done = list(pool.map(lambda item: lv.create(item[0], [item[1]], check=False), vms.items()))
+        assert all(p.returncode == 0 for p in done), [p.stderr for p in done if p.returncode]
+        assert wait_for(lambda: all(is_sticky_pin(lv.pin(mac), tap) for mac, tap in vms.values()), 20), \
+            [(tap, lv.pin(mac)) for mac, tap in vms.values() if not is_sticky_pin(lv.pin(mac), tap)]
+
+        os.kill(daemon.pid, signal.SIGKILL)
+        daemon.wait(10)
+        lv.topo.run(lv.ns, "ip", "link", "del", BRIDGE)
+        lv.topo.bridge(lv.ns, BRIDGE)  # every tap is left detached, every pin gone with its port
+        assert all(lv.topo.link(lv.ns, tap).get("master") is None for _, tap in vms.values())
+        daemon = lv.daemon("/run/libvirt/qemu")
+        assert wait_for(lambda: all(lv.topo.link(lv.ns, tap).get("master") == BRIDGE
+                                    and is_sticky_pin(lv.pin(mac), tap) for mac, tap in vms.values()), 30), \
+            [tap for mac, tap in vms.values() if not is_sticky_pin(lv.pin(mac), tap)]
+        records = lv.records()
+        pins = [r for r in records.values() if r.get("kind") == "fdb_pin" and r.get("domain") in vms]
+        assert sorted((r["mac"], r["port"]) for r in pins) == sorted(vms.values())  # one record each
+        assert not any(r.get("pending") for r in records.values())
+
+        lv.restart_libvirtd()
+        assert wait_for(_connected(lv, 2), 30)
+        assert all(is_sticky_pin(lv.pin(mac), tap) for mac, tap in vms.values())
+
+        with ThreadPoolExecutor(20) as pool:
+            list(pool.map(lv.destroy, vms))
+        assert wait_for(lambda: not any(r.get("domain") in vms for r in lv.records().values()), 30), lv.records()
+        assert all(lv.pin(mac) is None or "sticky" not in (lv.pin(mac).get("flags") or [])
+                   for mac, _ in vms.values())
+    finally:
+        lv.topo._stop_process(daemon, [])
