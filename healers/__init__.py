@@ -26,13 +26,7 @@ HEALERS = {m.PLUGIN.NAME: plugin.validate_healer(m.PLUGIN) for m in BUILTIN}
 
 def load_entry_points() -> None:
     """Add third-party healers registered under the `netmedic.healers` entry-point group."""
-    for healer in plugin.entry_points("netmedic.healers"):
-        try:
-            healer = plugin.validate_healer(healer)
-        except TypeError as exc:  # a malformed plugin: skipped, said once
-            plugin.warn(f"{exc}: skipped")
-            continue
-        HEALERS.setdefault(healer.NAME, healer)
+    plugin.register_entry_points("netmedic.healers", HEALERS, plugin.validate_healer)
 
 
 def for_record(record: dict):

@@ -59,6 +59,11 @@ class Snapshot:
         link = self.link(name)
         return link if link is not None and link.kind == "bridge" else None
 
+    def port_on(self, bridge: Optional[str], port: Optional[str]):
+        """The link `port` when it is a port of `bridge` (both exist), else None."""
+        link, br = self.link(port), self.bridge(bridge)
+        return link if link is not None and br is not None and link.master == br.index else None
+
     def observed(self, bridge: Optional[str]) -> bool:
         return self.bridges_observed is None or bridge in self.bridges_observed
 

@@ -109,13 +109,18 @@ def warn(message: str) -> None:
     print(f"netmedic: warning: {message}", file=sys.stderr)
 
 
-def validate_invariant(inv) -> Invariant:
+def _validate(obj, base: type, kind: str):
     """Refuse a malformed plugin at registration (a plugin bug, not the admin's)."""
-    where = f"invariant plugin {type(inv).__module__}.{type(inv).__name__}"
-    if not isinstance(inv, Invariant):
-        raise TypeError(f"{where}: not a netmedic.plugin.Invariant")
-    if not inv.NAME or not isinstance(inv.NAME, str):
+    where = f"{kind} plugin {type(obj).__module__}.{type(obj).__name__}"
+    if not isinstance(obj, base):
+        raise TypeError(f"{where}: not a netmedic.plugin.{base.__name__}")
+    if not obj.NAME or not isinstance(obj.NAME, str):
         raise TypeError(f"{where}: NAME must be a non-empty string")
+    return where
+
+
+def validate_invariant(inv) -> Invariant:
+    where = _validate(inv, Invariant, "invariant")
     if inv.DEFAULT_MODE not in MODES:
         raise TypeError(f"{where}: DEFAULT_MODE must be one of {', '.join(MODES)}")
     unknown = set(inv.NEEDS) - FACTS
@@ -125,12 +130,20 @@ def validate_invariant(inv) -> Invariant:
 
 
 def validate_healer(healer) -> Healer:
-    where = f"healer plugin {type(healer).__module__}.{type(healer).__name__}"
-    if not isinstance(healer, Healer):
-        raise TypeError(f"{where}: not a netmedic.plugin.Healer")
-    if not healer.NAME or not isinstance(healer.NAME, str):
-        raise TypeError(f"{where}: NAME must be a non-empty string")
+    _validate(healer, Healer, "healer")
     return healer
+
+
+def register_entry_points(group: str, registry: dict, validate) -> None:
+    """Add the plugins of an entry-point group to a registry, after the built-in ones (a name already
+    taken is not replaced); a malformed one is skipped with a warning."""
+    for obj in entry_points(group):
+        try:
+            obj = validate(obj)
+        except TypeError as exc:
+            warn(f"{exc}: skipped")
+            continue
+        registry.setdefault(obj.NAME, obj)
 
 
 def entry_points(group: str) -> list:

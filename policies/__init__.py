@@ -30,15 +30,8 @@ INVARIANTS = {m.PLUGIN.NAME: plugin.validate_invariant(m.PLUGIN) for m in BUILTI
 
 
 def load_entry_points() -> None:
-    """Add third-party invariants registered under the `netmedic.invariants` entry-point group (after the
-    built-in ones; a name already taken is not replaced)."""
-    for inv in plugin.entry_points("netmedic.invariants"):
-        try:
-            inv = plugin.validate_invariant(inv)
-        except TypeError as exc:  # a malformed plugin: skipped, said once
-            plugin.warn(f"{exc}: skipped")
-            continue
-        INVARIANTS.setdefault(inv.NAME, inv)
+    """Add third-party invariants registered under the `netmedic.invariants` entry-point group."""
+    plugin.register_entry_points("netmedic.invariants", INVARIANTS, plugin.validate_invariant)
 
 
 def healer_for(violation, options: dict):
