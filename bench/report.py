@@ -94,6 +94,16 @@ def rows(r: dict) -> list:
                     f"without netmedic: {b['lost']}/{b['sent']} replies lost",
                     f"{n['lost']}/{n['sent']} lost ({n['reflected']:,} frames reflected)", "—", "0 lost",
                     _met(n["lost"] == 0)))
+    sc = dmn.get("scrape")
+    if sc:
+        s = summary(sc["seconds"])
+        p99 = s["p99"]
+        out.append(("Prometheus scrape of the daemon (GET /metrics)",
+                    f"the {sc['vms']}-VM host, daemon idle; a new connection per scrape, body read in full: "
+                    f"{sc['samples']:,} samples ({sc['vm_nic_info']:,} netmedic_vm_nic_info), {sc['bytes'] / 1024:,.0f} KiB",
+                    "—", f"p99 {fmt(p99 and p99 * 1000, ' ms')}; {_ms(s)}; daemon CPU "
+                    f"{sc['daemon_cpu_per_scrape_s'] * 1000:.1f} ms per scrape", "—", "≤ 50 ms",
+                    _met(p99 is not None and p99 <= 0.05)))
     idle = dmn.get("idle")
     if idle:
         wins = idle.get("windows") or [{"cpu_pct": idle["cpu_pct_window"]}]
