@@ -127,6 +127,8 @@ class Metrics:
         self._policy_id = None
         self._textfile_due = 0.0
         self._client = None
+        self._info_block = None  # (nics, their exposition lines)
+        self.prerender_info = False  # collect() leaves netmedic_vm_nic_info to render()
         self._zeros()
 
     def _zeros(self) -> None:
@@ -334,11 +336,11 @@ class Metrics:
         g = GaugeMetricFamily("netmedic_build_info", "netmedic's version (always 1)", labels=["version"])
         g.add_metric([__version__], 1)
         yield g
-        g = GaugeMetricFamily("netmedic_vm_nic_info", "1 for every VM NIC this host runs (libvirt run-state XML)",
-                              labels=["domain", "mac", "bridge", "tap"])
-        for labels in nics:
-            g.add_metric(list(labels), 1)
-        yield g
+        if not self.prerender_info:
+            g = GaugeMetricFamily("netmedic_vm_nic_info", NIC_INFO_HELP, labels=list(NIC_INFO_LABELS))
+            for labels in nics:
+                g.add_metric(list(labels), 1)
+            yield g
         g = GaugeMetricFamily("netmedic_violations", "Violations standing after the latest passes",
                               labels=["invariant", "kind", "bridge"])
         counts: dict = {}
@@ -433,9 +435,17 @@ class Metrics:
         return self._client
 
     def render(self) -> bytes:
+        """The exposition: netmedic_vm_nic_info (one series per VM NIC, the bulk of a big host's scrape,
+        and changed only when a VM starts or stops) rendered once per inventory and kept; the rest by
+        prometheus_client at each scrape."""
         from prometheus_client import generate_latest
 
-        return generate_latest(self.registry())
+        self.prerender_info = True
+        with self.lock:
+            nics = self.nics
+        if self._info_block is None or self._info_block[0] is not nics:
+            self._info_block = (nics, _render_info(nics))
+        return self._info_block[1] + generate_latest(self.registry())
 
     def configure(self, listen: str, textfile: str, audit=None) -> None:
         """Serve on `listen` ("" off) and write `textfile` ("" off); a change restarts the server."""
@@ -487,6 +497,23 @@ class Metrics:
         if server is not None:
             server.shutdown()
             server.server_close()
+
+
+NIC_INFO_HELP = "1 for every VM NIC this host runs (libvirt run-state XML)"
+NIC_INFO_LABELS = ("domain", "mac", "bridge", "tap")
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _render_info(nics: tuple) -> bytes:
+    """netmedic_vm_nic_info in the text exposition format (what prometheus_client writes for it)."""
+    lines = [f"# HELP netmedic_vm_nic_info {NIC_INFO_HELP}", "# TYPE netmedic_vm_nic_info gauge"]
+    for labels in nics:
+        pairs = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(zip(NIC_INFO_LABELS, labels)))
+        lines.append(f"netmedic_vm_nic_info{{{pairs}}} 1.0")
+    return ("\n".join(lines) + "\n").encode("utf-8")
 
 
 def parse_listen(text: str) -> tuple:
