@@ -111,7 +111,7 @@ class Metrics:
         self.last_pass: float = 0.0
         self.last_pass_ok = True
         self.nics: tuple = ()  # (domain, mac, bridge, tap)
-        self._inv_id = None
+        self._inv = None
         self.repeats: dict = {}  # violation key -> [heal times]
         # what the daemon's tick reads
         self.sources: dict = {}  # name -> (up, state)
@@ -124,7 +124,7 @@ class Metrics:
         self.textfile = ""
         self.server = None
         self.error: Optional[str] = None  # why serving/writing is off (shown by status)
-        self._policy_id = None
+        self._policy = None
         self._textfile_due = 0.0
         self._client = None
         self._info_block = None  # (nics, their exposition lines)
@@ -172,11 +172,13 @@ class Metrics:
                 self.last_error = self.clock()
 
     def set_inventory(self, inv) -> None:
-        if inv is None or id(inv) == self._inv_id:
+        if inv is None or inv is self._inv:
             return
         nics = tuple(sorted({(n.domain, n.mac, n.bridge or "", n.tap or "") for n in inv.nics}))
         with self.lock:
-            self.nics, self._inv_id = nics, id(inv)
+            if nics != self.nics:
+                self.nics = nics  # a new tuple only when the NICs changed: render() keeps its block till then
+            self._inv = inv
 
     def observe_pass(self, report, seconds: float, bridges=None, domains=None) -> None:
         """One engine pass ended (report None: it failed). `bridges`/`domains`: its scope, as given to
@@ -249,8 +251,8 @@ class Metrics:
         reload's new `metrics:` settings."""
         now = self.clock()
         policy = daemon.engine.policy
-        if id(policy) != self._policy_id:
-            self._policy_id = id(policy)
+        if policy is not self._policy:
+            self._policy = policy
             self.configure(getattr(policy, "metrics_listen", ""), getattr(policy, "metrics_textfile", ""),
                            audit=daemon._audit)
         if now - self.updated >= 1.0:

@@ -171,6 +171,13 @@ def _scrape(topo, ns, url) -> str:
     return topo.run(ns, sys.executable, "-c", code, url, timeout=20).stdout
 
 
+def _get(topo, ns, url) -> bytes:
+    code = ("import sys, urllib.request\n"
+            "try:\n    sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())\n"
+            "except OSError:\n    sys.stdout.write('refused')")
+    return topo.run(ns, sys.executable, "-c", code, url, timeout=20).stdout.encode()
+
+
 def _wait(pred, timeout=10.0):
     deadline = time.monotonic() + timeout
     while not pred():
@@ -184,7 +191,6 @@ def test_daemon_serves_metrics_and_status_shows_them(seed, tmp_path):
     """The seed case: the daemon pins the VM at startup, the reflection then cannot poison it; a tap
     detached is re-attached. /metrics (on the namespace's loopback) and `netmedic status --json` agree."""
     lab, topo = seed, seed.topo
-    topo.run(lab.host, "ip", "link", "set", "lo", "up")
     lab.nm.set_policy({"metrics": {"listen": "127.0.0.1:29110", "textfile": str(tmp_path / "nm.prom")}})
     sock = str(tmp_path / "run" / "netmedic.sock")
     daemon = lab.nm.daemon("--resync", "3600", "--socket", sock, "--no-dbus")
@@ -236,6 +242,10 @@ def test_daemon_serves_metrics_and_status_shows_them(seed, tmp_path):
         open(os.path.join(lab.nm.workdir, "kill-switch"), "w").close()
         assert _wait(lambda: _samples(_scrape(topo, lab.host, "http://127.0.0.1:29110/metrics"))
                      [("netmedic_kill_switch_active", ())] == 1, 5)
+        # a policy reload moves the listener; the old address is closed
+        lab.nm.set_policy({"metrics": {"listen": "127.0.0.1:29111"}})
+        assert _wait(lambda: b"netmedic_build_info" in _get(topo, lab.host, "http://127.0.0.1:29111/metrics"), 5)
+        assert _get(topo, lab.host, "http://127.0.0.1:29110/metrics") == b"refused"
     finally:
         daemon.terminate()
         daemon.wait(15)
