@@ -386,11 +386,13 @@ class Metrics:
             h.add_metric([scope], hist.cumulative(), hist.sum)
         yield h
         h = HistogramMetricFamily("netmedic_event_to_heal_seconds",
-                                  "From the first event behind a pass to the end of each fix it applied")
+                                  "From the first event behind a pass to the end of that pass, once per fix "
+                                  "it applied")
         h.add_metric([], e2h.cumulative(), e2h.sum)
         yield h
         h = HistogramMetricFamily("netmedic_protect_seconds",
-                                  "From the first event about a new VM NIC (tap, XML, hook) to its pin")
+                                  "From the first event about a VM NIC without a pin (a new VM: tap, XML, hook) "
+                                  "to the end of the pass that pinned it")
         h.add_metric([], protect.cumulative(), protect.sum)
         yield h
         g = GaugeMetricFamily("netmedic_event_source_up", "1 when the event source is connected/listening",
