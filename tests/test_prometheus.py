@@ -122,6 +122,7 @@ class Prom:
                 self.proc.kill()
                 self.proc.wait(5)
         self.log.close()
+        shutil.rmtree(self.data, ignore_errors=True)  # its TSDB; the config and log stay for a failure's reader
 
 
 def _wait(pred, timeout=30.0, step=0.5):
