@@ -294,7 +294,8 @@ class Metrics:
         with self.lock:
             heals: dict = {}
             for (inv, healer, result), n in sorted(self.heals.items()):
-                heals.setdefault(f"{inv}/{healer}", {})[result] = n
+                if n:  # the pre-created zeros stay out of the status
+                    heals.setdefault(f"{inv}/{healer}", {})[result] = n
             viol: dict = {}
             for inv, kind, bridge, _dom in self.violations.values():
                 k = f"{inv}/{kind}" + (f" on {bridge}" if bridge else "")
@@ -306,7 +307,7 @@ class Metrics:
                 "vm_nics": len(self.nics), "violations": viol, "heals": heals,
                 "rollbacks": sum(self.rollbacks.values()),
                 "breaker_open": dict(self.breaker_open), "kill_switch": self.kill_switch, "dry_run": self.dry_run,
-                "passes": {f"{s}/{o}": n for (s, o), n in sorted(self.passes.items())},
+                "passes": {f"{s}/{o}": n for (s, o), n in sorted(self.passes.items()) if n},
                 "resyncs": dict(self.resyncs), "netlink_overflows": self.overflows,
                 "events": dict(self.events),
                 "pass_seconds_p50": {s: h.quantile(0.5) for s, h in self.pass_seconds.items() if h.total},
@@ -600,8 +601,12 @@ def render_summary(m: Optional[dict]) -> list:
     lines.append("  heals: " + (", ".join(f"{k} " + " ".join(f"{r}={n}" for r, n in v.items())
                                            for k, v in sorted(heals.items())) or "none")
                  + f"; rollbacks {m.get('rollbacks', 0)}; breaker open {sum((m.get('breaker_open') or {}).values())}")
-    lines.append(f"  passes {m.get('passes')}; resyncs {m.get('resyncs')}; netlink overflows "
-                 f"{m.get('netlink_overflows', 0)}; events {m.get('events')}")
+    def words(d):
+        return ", ".join(f"{k} {v}" for k, v in sorted((d or {}).items())) or "none"
+
+    lines.append(f"  passes: {words(m.get('passes'))}; resyncs: {words(m.get('resyncs'))}; netlink overflows "
+                 f"{m.get('netlink_overflows', 0)}")
+    lines.append(f"  events: {words(m.get('events'))}")
     e2h, prot = m.get("event_to_heal_seconds_p99"), m.get("protect_seconds_p99")
     lines.append(f"  event→heal p99 ≤ {e2h if e2h is not None else '-'} s; protect a new VM p99 ≤ "
                  f"{prot if prot is not None else '-'} s (histogram bucket bounds)")
