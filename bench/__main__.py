@@ -1,7 +1,7 @@
 """`python -m bench [--quick] [--only FIG,...] [--out FILE] [--json FILE] [--seed-seconds S]`
 
-Figures (docs/benchmarks.md explains each): reconcile, events, protect, footprint, seed, hook, virsh.
-`events`, `protect` and `footprint` share one daemon run on the big host.
+Figures (docs/benchmarks.md explains each): reconcile, events, protect, footprint, scrape, seed, hook, virsh.
+`events`, `protect`, `footprint` and `scrape` share one daemon run on the big host.
 """
 from __future__ import annotations
 
@@ -25,13 +25,14 @@ from bench.stats import summary
 from netmedic import labnet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIGURES = ("reconcile", "events", "protect", "footprint", "seed", "hook", "virsh")
+FIGURES = ("reconcile", "events", "protect", "footprint", "scrape", "seed", "hook", "virsh")
+METRICS_LISTEN = "127.0.0.1:29110"  # every daemon serves its metrics, as on a host Prometheus scrapes
 FULL = {"vms": 1000, "bridges": 4, "fdb": 50000, "repeat": 5, "protect": 8, "heal": 3, "idle": 62, "idle_windows": 3,
         "storm_rate": 20000, "storm_seconds": 10, "rates": [5000, 10000, 20000, 40000, 0],
-        "seed_seconds": 60, "hook_vms": 200, "hook_repeat": 7, "virsh_repeat": 10}
+        "seed_seconds": 60, "hook_vms": 200, "hook_repeat": 7, "virsh_repeat": 10, "scrape_repeat": 50}
 QUICK = {"vms": 40, "bridges": 2, "fdb": 2000, "repeat": 2, "protect": 3, "heal": 2, "idle": 3, "idle_windows": 1,
          "storm_rate": 5000, "storm_seconds": 2, "rates": [5000, 0], "seed_seconds": 3, "hook_vms": 20,
-         "hook_repeat": 2, "virsh_repeat": 2}
+         "hook_repeat": 2, "virsh_repeat": 2, "scrape_repeat": 10}
 
 
 def log(msg: str) -> None:
@@ -53,6 +54,7 @@ def bench_policy(path: str, workdir: str) -> str:
     data["limits"]["global_rate"] = {"actions": 100000, "window": 60}
     data["limits"]["breaker"] = {"trips": 100000, "window": 600, "cooldown": 1}
     data["kill_switch_file"] = os.path.join(workdir, "kill-switch")
+    data["metrics"] = {"listen": METRICS_LISTEN}  # on each namespace's own loopback
     with open(path, "w") as fh:
         yaml.safe_dump(data, fh)
     return path
@@ -230,6 +232,11 @@ def fig_daemon(topo, h, sc, workdir, policy, only) -> dict:
         cpu_start = d.stat.cpu()
         out["startup"] = {"seconds": startup, "cpu_seconds": cpu_start,
                           "reconcile_ms": [r.get("duration_ms") for r in d.audit("reconciled")][0]}
+        if "scrape" in only:
+            log(f"scrape: GET /metrics × {sc['scrape_repeat']}")
+            out["scrape"] = worker(topo, h.ns, "scrape", {"url": f"http://{METRICS_LISTEN}/metrics",
+                                                           "pid": d.proc.pid, "repeat": sc["scrape_repeat"]}, workdir)
+            out["scrape"]["vms"] = len(h.vms)
         if "footprint" in only:
             # back-to-back windows of 62 s: with the resync every 60 s (+ the pass), each holds one resync
             log(f"footprint: idle for {sc['idle_windows']} × {sc['idle']} s")
@@ -449,7 +456,7 @@ def main(argv=None) -> int:
     topo = labnet.Topology("nmb")
     try:
         policy = bench_policy(os.path.join(workdir, "policy.yaml"), workdir)
-        need_host = set(only) & {"reconcile", "events", "protect", "footprint"}
+        need_host = set(only) & {"reconcile", "events", "protect", "footprint", "scrape"}
         h = None
         if need_host:
             log(f"building the host: {sc['vms']} taps on {sc['bridges']} bridges, {sc['fdb']} fdb entries")
@@ -460,7 +467,7 @@ def main(argv=None) -> int:
             results["reconcile"] = fig_reconcile(topo, h, sc, workdir, policy)
         if "events" in only:
             results["consume"] = fig_consume(topo, h, sc, workdir)
-        if set(only) & {"events", "protect", "footprint"}:
+        if set(only) & {"events", "protect", "footprint", "scrape"}:
             results["daemon"] = fig_daemon(topo, h, sc, workdir, policy, only)
         if "hook" in only:
             results["hook"] = fig_hook(topo, sc, workdir, policy)

@@ -310,7 +310,37 @@ def hook(cfg: dict) -> dict:
     return {**rows, "rc": rcs}
 
 
-FIGURES = {"reconcile": reconcile, "consume": consume, "protect": protect, "heal": heal, "hook": hook}
+# --- figure 8: the cost of a Prometheus scrape of the daemon --------------------------------------------
+def scrape(cfg: dict) -> dict:
+    """GET /metrics on a new connection each time (as Prometheus does after an idle interval), body read in
+    full; the daemon's CPU per scrape from /proc."""
+    import urllib.request
+
+    def cpu():
+        with open(f"/proc/{cfg['pid']}/stat") as fh:
+            f = fh.read().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+    body = b""
+    for _ in range(3):  # warm: the first scrape after startup builds the registry
+        with urllib.request.urlopen(cfg["url"], timeout=10) as r:
+            body = r.read()
+    seconds = []
+    cpu0 = cpu()
+    for _ in range(cfg["repeat"]):
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(cfg["url"], timeout=10) as r:
+            body = r.read()
+        seconds.append(time.perf_counter() - t0)
+        time.sleep(cfg.get("gap", 0.05))
+    lines = body.decode().splitlines()
+    return {"seconds": seconds, "bytes": len(body), "daemon_cpu_per_scrape_s": (cpu() - cpu0) / cfg["repeat"],
+            "samples": sum(1 for x in lines if x and not x.startswith("#")),
+            "vm_nic_info": sum(1 for x in lines if x.startswith("netmedic_vm_nic_info{"))}
+
+
+FIGURES = {"reconcile": reconcile, "consume": consume, "protect": protect, "heal": heal, "hook": hook,
+           "scrape": scrape}
 
 
 def main(argv) -> int:

@@ -27,7 +27,7 @@ import struct
 import time
 from typing import Optional
 
-from netmedic import inventory, nl
+from netmedic import inventory, metrics, nl
 from netmedic.dispatcher import Dispatcher
 from netmedic.errors import NetmedicError
 from netmedic.policies import config
@@ -252,20 +252,23 @@ class Daemon:
         self.listener = None
         self.dispatcher.refresh_inventory = self._refresh_inventory
         self._links_complete = False  # the dispatcher's ifindex maps hold every link (a full pass ran)
+        self.metrics = metrics.Metrics()  # [metrics] Prometheus figures (netmedic/metrics.py)
 
     # --- sources and status ----------------------------------------------------------------------
     def add_source(self, source) -> None:
         self.sources.append(source)
         self._status_dirty = True
 
-    def note_event(self, source: str, detail: str) -> None:
+    def note_event(self, source: str, detail: str, count: bool = True) -> None:
         self.last_events.append({"ts": _iso(time.time()), "source": source, "detail": detail[:300]})
         self._status_dirty = True
+        if count:
+            self.metrics.event(source)  # [metrics]
 
     def note_source(self, name: str, state: str, **fields) -> None:
         """A source connected, disconnected, degraded: audit it and show it in the status."""
         self._audit("source_state", source=name, state=state, **fields)
-        self.note_event(name, state + (f": {fields['error']}" if fields.get("error") else ""))
+        self.note_event(name, state + (f": {fields['error']}" if fields.get("error") else ""), count=False)
 
     def handle_request(self, event: dict) -> dict:
         """Do a libvirt hook's phase in the daemon (the hook waits): `prepare` (the duplicate-MAC
@@ -304,6 +307,7 @@ class Daemon:
             return {"ok": True, "result": result, "reason": reason}
         if kind == "reconcile":
             self.hook_domains[dom.name] = (dom, time.monotonic() + HOOK_DOMAIN_TTL)
+            self.metrics.pending_since = t0  # [metrics] event-to-heal of this pass starts at the request
             bridges = sorted({n.bridge for n in dom.nics if n.bridge
                               and self.engine.policy.in_scope(n.bridge, dom.name)})
             report = (self.reconcile(bridges, trigger, domains={b: [dom.name] for b in bridges})
@@ -384,7 +388,8 @@ class Daemon:
         return {"pid": os.getpid(), "started": _iso(self.started), "updated": _iso(time.time()),
                 "dry_run": self.engine.dry_run, "policy": getattr(self.engine.policy, "source", None),
                 "resync_interval": self.resync_interval, "sources": sources,
-                "last_events": list(self.last_events), "last_heals": list(self.last_heals)}
+                "last_events": list(self.last_events), "last_heals": list(self.last_heals),
+                "metrics": self.metrics.summary()}  # [metrics]
 
     def write_status(self, force: bool = False, final: bool = False) -> None:
         if self.socket_path is None or not any(isinstance(s, EventSocket) and s.sock is not None
@@ -420,6 +425,7 @@ class Daemon:
 
     def _audit(self, event, **fields):
         self.engine._audit(event, **fields)
+        self.metrics.audit(event, fields)  # [metrics]
 
     def _reload_policy(self) -> None:
         try:
@@ -449,11 +455,14 @@ class Daemon:
         its Report (None when it failed)."""
         self.engine.extra_domains = self._extra_domains()
         report = None
+        t0 = time.monotonic()
         try:
             report = self.engine.reconcile(trigger=trigger, bridges=bridges, domains=domains)
         except NetmedicError as exc:
             self._audit("error", error=f"reconcile failed: {exc}")
+            self.metrics.observe_pass(None, time.monotonic() - t0, bridges, domains)  # [metrics]
         else:
+            self.metrics.observe_pass(report, time.monotonic() - t0, bridges, domains)  # [metrics]
             self._status_dirty = True
             acted = [o for o in report.outcomes if o.result in ("healed", "rolled_back", "failed")]
             if acted or report.released:
@@ -467,6 +476,7 @@ class Daemon:
                 self.retry_at = at if self.retry_at is None else min(self.retry_at, at)
         inv = self.engine.inventory
         if inv is not None:
+            self.metrics.set_inventory(inv)  # [metrics]
             self.dispatcher.set_inventory(inv.nics)
             self._known_nics = _nics_by_domain(inv)
             self._known_networks = inv.networks
@@ -517,6 +527,7 @@ class Daemon:
         self._inventory_changed()
         for src in self.sources:  # connect first: the startup pass then sees libvirt's live domains
             self._poll_source(src, time.monotonic())
+        self.metrics.tick(self)  # [metrics] serve from the start
         self.reconcile(None, "startup")
         self.write_status(force=True)
         next_resync = time.monotonic() + self.resync_interval
@@ -576,10 +587,13 @@ class Daemon:
                     self.reconcile(None, "resync")
                     next_resync = time.monotonic() + self.resync_interval
                 elif self.dispatcher.due():
+                    self.metrics.pending_since = getattr(self.dispatcher, "_first", None)  # [metrics]
                     bridges, domains, reasons = self.dispatcher.take_scoped()
                     self.reconcile(bridges, "event: " + "; ".join(reasons[:3]), domains=domains)
+                self.metrics.tick(self)  # [metrics]
                 self.write_status()
         finally:
+            self.metrics.stop()  # [metrics]
             listener.close()
             self.write_status(force=True, final=True)
             for src in self.sources:
@@ -594,6 +608,7 @@ class Daemon:
     def xml_changed(self) -> None:
         """The run-state XML directories changed (the inotify watch): reconcile the VMs that changed."""
         self._inventory_changed()  # keep the poll's signature current: no second pass for this change
+        self.metrics.event("xmlwatch")  # [metrics]
         self._submit_inventory_changes()
 
     def _start_sources(self) -> None:
@@ -635,6 +650,7 @@ class Daemon:
             try:
                 events = listener.read()
             except nl.Overflow:
+                self.metrics.overflow()  # [metrics]
                 self._links_complete = False
                 self._audit("netlink_overflow", reason="events were lost: full resync", level="warning")
                 self.source_state["netlink"]["overflows"] = self.source_state["netlink"].get("overflows", 0) + 1
@@ -648,6 +664,7 @@ class Daemon:
             for ev in events:
                 self.dispatcher.netlink(ev)
             count += len(events)
+            self.metrics.event("netlink", len(events))  # [metrics]
             r, _, _ = select.select([listener], [], [], 0)
             if not r:
                 return True
@@ -678,4 +695,5 @@ def render_status(status: dict, path: str) -> str:
         lines += [f"      {r}" for r in h.get("results", []) + [f"released {x}" for x in h.get("released", [])]]
     if not heals:
         lines.append("  (none)")
+    lines += metrics.render_summary(status.get("metrics"))  # [metrics]
     return "\n".join(lines)

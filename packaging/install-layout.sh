@@ -16,6 +16,8 @@
 #   /etc/logrotate.d/netmedic                   packaging/logrotate/netmedic
 #   /usr/share/man/man8/netmedic.8              generated from the argparse parser
 #   /usr/share/bash-completion/completions/netmedic   generated from the argparse parser
+#   /usr/share/netmedic/prometheus/             packaging/prometheus/: alert rules, their promtool tests,
+#                                               the Grafana dashboard (docs/monitoring.md)
 #   /var/log/netmedic, /var/lib/netmedic        0750
 #
 # usage: install-layout.sh DESTDIR [SRCDIR [UNITDIR [PYTHON]]]
@@ -75,4 +77,7 @@ install -d -m 0755 "$DESTDIR/usr/share/man/man8" "$DESTDIR/usr/share/bash-comple
 "$PYTHON" "$P/gen-docs.py" "$SRC" --man "$DESTDIR/usr/share/man/man8/netmedic.8" \
     --completion "$DESTDIR/usr/share/bash-completion/completions/netmedic"
 chmod 0644 "$DESTDIR/usr/share/man/man8/netmedic.8" "$DESTDIR/usr/share/bash-completion/completions/netmedic"
+for f in netmedic-alerts.yml netmedic-alerts.test.yml netmedic-dashboard.json; do
+    inst 0644 "$P/prometheus/$f" "/usr/share/netmedic/prometheus/$f"
+done
 install -d -m 0750 "$DESTDIR/var/log/netmedic" "$DESTDIR/var/lib/netmedic"

@@ -132,6 +132,8 @@ class Policy:
     limits: Limits
     invariants: dict  # name -> InvariantPolicy
     resync_interval: float = 60.0
+    metrics_listen: str = ""  # metrics.listen: ADDRESS:PORT of the daemon's /metrics ("" off)
+    metrics_textfile: str = ""  # metrics.textfile: node_exporter textfile collector file ("" off)
 
     def in_scope(self, bridge: Optional[str], domain: Optional[str]) -> bool:
         return self.scope.bridge_in(bridge) and self.scope.domain_in(domain)
@@ -267,7 +269,8 @@ def _bool(raw, path, doc):
 
 
 TOP_KEYS = ("version", "mode", "dry_run", "kill_switch_file", "scope", "limits", "invariants",
-            "resync_interval")
+            "resync_interval", "metrics")
+METRICS_KEYS = ("listen", "textfile")
 COMMON_KEYS = ("enabled", "mode", "bridges", "limits")
 
 
@@ -293,6 +296,7 @@ def parse(text: str, source: str = "<policy>") -> Policy:
     if isinstance(resync, bool) or not isinstance(resync, (int, float)) or not math.isfinite(resync) \
             or resync <= 0:
         raise doc.error("resync_interval", f"must be a number of seconds > 0 (got {resync!r})")
+    metrics_listen, metrics_textfile = _metrics(data.get("metrics"), doc)
     raw_scope = data.get("scope", {}) or {}
     if not isinstance(raw_scope, dict):
         raise doc.error("scope", "must be a mapping")
@@ -345,7 +349,33 @@ def parse(text: str, source: str = "<policy>") -> Policy:
             name=name, enabled=enabled, mode=imode, bridge_modes=tuple(bridge_modes), options=options,
             limits=_limits(raw.get("limits"), limits, f"{path}.limits", doc))
     return Policy(source=source, dry_run=dry_run, kill_switch_file=kill, scope=scope, limits=limits,
-                  invariants=invariants, resync_interval=float(resync))
+                  invariants=invariants, resync_interval=float(resync), metrics_listen=metrics_listen,
+                  metrics_textfile=metrics_textfile)
+
+
+def _metrics(raw, doc: _Doc) -> tuple:
+    """The `metrics:` section: (listen, textfile), "" for off (docs/monitoring.md)."""
+    from netmedic.metrics import parse_listen
+
+    if raw is None:
+        return "", ""
+    if not isinstance(raw, dict):
+        raise doc.error("metrics", "must be a mapping (listen, textfile)")
+    for key in raw:
+        if key not in METRICS_KEYS:
+            raise doc.error(f"metrics.{key}", f"unknown key (known: {', '.join(METRICS_KEYS)})")
+    listen = raw.get("listen") or ""
+    textfile = raw.get("textfile") or ""
+    if not isinstance(listen, str):
+        raise doc.error("metrics.listen", f"must be ADDRESS:PORT or empty (got {listen!r})")
+    if listen:
+        try:
+            parse_listen(listen)
+        except ValueError as exc:
+            raise doc.error("metrics.listen", str(exc)) from None
+    if not isinstance(textfile, str) or (textfile and not (os.path.isabs(textfile) and textfile.endswith(".prom"))):
+        raise doc.error("metrics.textfile", f"must be an absolute path ending in .prom, or empty (got {textfile!r})")
+    return listen, textfile
 
 
 def load(path: Optional[str]) -> Policy:

@@ -24,7 +24,7 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import pyroute2, structlo
     rm -rf .venv
     "$PY" -m venv .venv
     .venv/bin/pip install -q --upgrade pip
-    .venv/bin/pip install -q pyroute2 structlog PyYAML pytest ruff
+    .venv/bin/pip install -q pyroute2 structlog PyYAML pytest ruff prometheus_client
 fi
 
 # The event-source tests' real NetworkManager, dbus-daemon, systemd-udevd and python3-dbus/gi (nothing started).
@@ -32,3 +32,6 @@ bash scripts/nm-test-env.sh
 
 # The libvirt tests' libvirtd, virtlogd, qemu (TCG) and libvirt-python in both interpreters (nothing started).
 bash scripts/libvirt-test-env.sh
+
+# The monitoring tests' prometheus server + promtool and prometheus_client in both interpreters (nothing started).
+bash scripts/prometheus-test-env.sh

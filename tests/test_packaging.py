@@ -71,6 +71,9 @@ LAYOUT = {
     "/etc/logrotate.d/netmedic": ("conffile", 0o644, None),
     "/usr/share/man/man8/netmedic.8": ("file", 0o644, None),
     "/usr/share/bash-completion/completions/netmedic": ("file", 0o644, None),
+    "/usr/share/netmedic/prometheus/netmedic-alerts.yml": ("file", 0o644, None),
+    "/usr/share/netmedic/prometheus/netmedic-alerts.test.yml": ("file", 0o644, None),
+    "/usr/share/netmedic/prometheus/netmedic-dashboard.json": ("file", 0o644, None),
     "/var/log/netmedic": ("dir", 0o750, None),
     "/var/lib/netmedic": ("dir", 0o750, None),
 }
@@ -114,7 +117,8 @@ RPM_ONLY = {"/usr/lib/systemd/system-preset/90-netmedic.preset"}  # Debian enabl
 # Runtime dependencies: (Debian name, EL9 name), and the weak ones.
 DEPENDS = [("python3-pyroute2", "python3-pyroute2"), ("python3-structlog", "python3-structlog"),
            ("python3-yaml", "python3-pyyaml"), ("iproute2", "iproute")]
-RECOMMENDS = [("python3-libvirt", "python3-libvirt"), ("python3-dbus", "python3-dbus")]
+RECOMMENDS = [("python3-libvirt", "python3-libvirt"), ("python3-dbus", "python3-dbus"),
+              ("python3-prometheus-client", "python3-prometheus_client")]
 SITELIB = re.compile(r"^/usr/lib/python3[.0-9]*/(dist|site)-packages/")
 
 
