@@ -457,7 +457,7 @@ def run_probe(snap, nic, vm_ip: Optional[str], seconds: float = 1.5) -> dict:
                 if s is arp:
                     if len(data) >= 42 and data[20:22] == b"\x00\x02" and \
                             ipaddress.IPv4Address(data[28:32]) == ipaddress.IPv4Address(vm_ip):
-                        mac = data[22:28].hex(":")
+                        mac = nl.hexmac(data[22:28])
                         if mac not in result["arp"]["replies"]:
                             result["arp"]["replies"].append(mac)
                     continue

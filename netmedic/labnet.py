@@ -374,11 +374,11 @@ class Topology:
                                  env=env, input=input,
                                  stdin=None if input is not None else subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
-            raise RuntimeError(f"{shlex.join(argv)}: timed out after {timeout:g} s") from None
+            raise RuntimeError(f"{' '.join(map(shlex.quote, argv))}: timed out after {timeout:g} s") from None
         except OSError as err:
-            raise RuntimeError(f"{shlex.join(argv)}: {err}") from None
+            raise RuntimeError(f"{' '.join(map(shlex.quote, argv))}: {err}") from None
         if check and res.returncode != 0:
-            raise RuntimeError(f"{shlex.join(argv)} failed (exit {res.returncode}): {_one_line(res.stderr)}")
+            raise RuntimeError(f"{' '.join(map(shlex.quote, argv))} failed (exit {res.returncode}): {_one_line(res.stderr)}")
         return res
 
     def _ipn(self, ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -638,7 +638,8 @@ def _stable_uuid(kind: str, name: str) -> str:
 
 
 def _write_xml(directory: str, name: str, root: ET.Element) -> str:
-    ET.indent(root, space="  ")
+    if hasattr(ET, "indent"):  # Python 3.9+; without it the same XML on one line
+        ET.indent(root, space="  ")
     body = ET.tostring(root, encoding="unicode")
     safe = name if "--" not in name and not name.endswith("-") else "NAME"
     os.makedirs(directory, exist_ok=True)

@@ -126,7 +126,7 @@ def normalize(path):
     """A package path in LAYOUT's terms, or None for docs, licenses and Python byte-code."""
     path = "/" + path.lstrip("./").rstrip("/") if path not in ("/", "./") else "/"
     path = re.sub(r"^/lib/(systemd|udev)/", r"/usr/lib/\1/", path)
-    if re.match(r"^/usr/share/(doc|licenses)/netmedic", path) or "/__pycache__/" in path:
+    if re.match(r"^/usr/share/(doc|licenses)/netmedic", path) or re.search(r"/__pycache__(/|$)", path):
         return None
     path = re.sub(r"^(/usr/share/man/.*)\.(gz|bz2|xz|zst)$", r"\1", path)
     if SITELIB.match(path):
@@ -157,7 +157,7 @@ def packages():
     for kind in ("deb", "rpm"):
         run(["bash", os.path.join(ROOT, "packaging", "build.sh"), kind], timeout=600)
     [out["deb"]] = glob.glob(os.path.join(OUT, "netmedic_*_all.deb"))
-    [out["rpm"]] = glob.glob(os.path.join(OUT, "netmedic-*.noarch.rpm"))
+    [out["rpm"]] = glob.glob(os.path.join(OUT, "netmedic-*.el9.noarch.rpm"))  # one per target: tests/test_rpm_targets.py
     return out
 
 

@@ -13,6 +13,7 @@ import re
 import select
 import socket
 import struct
+import sys
 import types
 from typing import Optional
 
@@ -88,6 +89,16 @@ def _mac(mac: str) -> str:
     if not _MAC_RE.match(norm):
         raise ValueError(f"not an Ethernet MAC address: {mac!r}")
     return norm
+
+
+if sys.version_info >= (3, 8):
+    def hexmac(raw) -> str:
+        """b"RT..." -> "52:54:...": a link-layer address in the kernel's colon form."""
+        return bytes(raw).hex(":")
+else:  # Python 3.7 (the 4.19-era distributions): bytes.hex() takes no separator there
+    def hexmac(raw) -> str:
+        """b"RT..." -> "52:54:...": a link-layer address in the kernel's colon form."""
+        return ":".join(format(b, "02x") for b in raw)
 
 
 def _errno_text(code: int, detail: Optional[str] = None) -> str:
@@ -596,7 +607,7 @@ def _parse_events(data, length: Optional[int] = None) -> list[Event]:
                             break
                         rta_type &= 0x3FFF  # NLA_F_NESTED / NLA_F_NET_BYTEORDER
                         if rta_type == _NDA_LLADDR:
-                            mac = bytes(data[pos + 4:pos + rta_len]).hex(":")
+                            mac = hexmac(data[pos + 4:pos + rta_len])
                         elif rta_type == _NDA_MASTER and rta_len >= 8:
                             master = u32_unpack(data, pos + 4)[0] or None
                         pos += (rta_len + 3) & ~3
@@ -621,7 +632,7 @@ def _parse_events(data, length: Optional[int] = None) -> list[Event]:
                         elif rta_type == _IFLA_MASTER and rta_len >= 8:
                             master = u32_unpack(data, pos + 4)[0] or None
                         elif rta_type == _IFLA_ADDRESS and rta_len > 4:
-                            mac = bytes(data[pos + 4:pos + rta_len]).hex(":")
+                            mac = hexmac(data[pos + 4:pos + rta_len])
                         pos += (rta_len + 3) & ~3
                     events.append(Event("link", "new" if msg_type == _RTM_NEWLINK else "del", index,
                                         name, master, mac))
