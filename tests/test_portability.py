@@ -88,9 +88,9 @@ def _struct_formats():
 
 def test_the_scan_sees_the_package():
     names = {rel for rel, _ in FILES}
-    assert "netmedic/nl.py" in names and "netmedic/daemon.py" in names and "netmedic/healers/fdb_pin.py" in names
+    assert "netmedic/nl/__init__.py" in names and "netmedic/daemon.py" in names and "netmedic/healers/fdb_pin.py" in names
     formats = _struct_formats()
-    assert any(rel == "netmedic/nl.py" for rel, _, _ in formats)
+    assert any(rel.startswith("netmedic/nl/") for rel, _, _ in formats)
     assert any(rel == "netmedic/sources/xmlwatch.py" for rel, _, _ in formats)
 
 
@@ -137,8 +137,8 @@ def test_struct_formats_name_their_byte_order():
             if not codes <= PORTABLE_NATIVE or struct.calcsize(body) != struct.calcsize("=" + body):
                 bad.append(f"{rel}:{line}: native format {fmt!r} (platform sizes or padding)")
     assert bad == []
-    # netlink structures are the kernel's, in host order; nothing in nl.py uses network order or native mode
-    nl_formats = [fmt for rel, _, fmt in _struct_formats() if rel == "netmedic/nl.py"]
+    # netlink structures are the kernel's, in host order; nothing in nl/ uses network order or native mode
+    nl_formats = [fmt for rel, _, fmt in _struct_formats() if rel.startswith("netmedic/nl/")]
     assert nl_formats and all(f.startswith("=") for f in nl_formats), nl_formats
 
 
