@@ -167,9 +167,15 @@ def observe(netlink, inventory: Inventory, records: Optional[dict] = None,
 
     keys = [("net", "ipv4", "ip_forward"), ("net", "bridge", "bridge-nf-call-iptables")]
     for net in inventory.networks.values():
+        ipv6 = net.forward_mode in ("nat", "route") and any(":" in ip for ip in net.ips)
+        if ipv6:
+            keys.append(("net", "ipv6", "conf", "all", "forwarding"))
         for dev in (net.bridge, net.forward_dev):
             if dev and dev in links:
                 keys.append(("net", "ipv4", "conf", dev, "forwarding"))
+                if ipv6:
+                    keys += [("net", "ipv6", "conf", dev, "forwarding"), ("net", "ipv6", "conf", dev, "accept_ra")]
+    keys = list(dict.fromkeys(keys))
     sysctls = {ops.sysctl_key(*k): ops.read_sysctl(ops.sysctl_key(*k)) for k in keys}
 
     chains: list = []
