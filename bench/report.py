@@ -141,6 +141,10 @@ def rows(r: dict) -> list:
         from bench import virsh
 
         out.extend(virsh.rows(vs))
+    if r.get("firewall"):
+        from bench import firewall
+
+        out.extend(firewall.rows(r["firewall"]))
     return out
 
 

@@ -175,9 +175,26 @@ def dropping_chains(firewall, bridge: str, br_netfilter: bool, iptables_covers_f
                     skip_own: bool = False) -> tuple:
     """([ip/inet chain evidence], [bridge-table chain evidence]) of the base chains that drop `bridge`'s
     bridged IPv4 traffic."""
-    l3, l2 = [], []
     if firewall is None:
-        return l3, l2
+        return [], []
+    key = (id(firewall.chains), bridge, br_netfilter, iptables_covers_filter_forward, skip_own)
+    hit = _MEMO.get(key)
+    if hit is not None and hit[0] is firewall.chains:  # the same read of the ruleset: same answer
+        return [dict(c) for c in hit[1]], [dict(c) for c in hit[2]]
+    l3, l2 = _dropping_chains(firewall, bridge, br_netfilter, iptables_covers_filter_forward, skip_own)
+    if len(_MEMO) > 512:
+        _MEMO.clear()
+    _MEMO[key] = (firewall.chains, l3, l2)
+    return [dict(c) for c in l3], [dict(c) for c in l2]
+
+
+# (id of a Firewall's chains, bridge, ...) -> (those chains, l3, l2): a pass over an unchanged ruleset (the
+# generation-keyed read hands out the same chains) does not walk 5,000 rules again.
+_MEMO: dict = {}
+
+
+def _dropping_chains(firewall, bridge, br_netfilter, iptables_covers_filter_forward, skip_own) -> tuple:
+    l3, l2 = [], []
     skip = (lambda r: is_netmedic_rule(r, bridge)) if skip_own else None
     for chain in firewall.chains:
         if not chain.base or (chain.type or "filter") != "filter" or (chain.family, chain.table) in TRANSIENT_TABLES:

@@ -32,3 +32,6 @@ bash scripts/nm-test-env.sh
 
 # The libvirt tests' libvirtd, virtlogd, qemu (TCG) and libvirt-python in both interpreters (nothing started).
 bash scripts/libvirt-test-env.sh
+
+# The firewall tests' nftables, python3-nftables (also made visible to .venv) and firewalld (nothing started).
+bash scripts/firewall-test-env.sh
