@@ -163,3 +163,20 @@ def test_conditional_drops_are_not_violations(quiet, tmp_path):
     load(lab, tmp_path, CONDITIONAL_ONLY)
     assert lab.vm_reaches_gateway(count=2)
     assert not outcomes(lab.nm.heal_json())
+
+
+def test_diagnose_hop_7_names_the_table_and_chain(quiet, tmp_path):
+    from diagnose_helpers import diagnose_json, first_broken, hop
+
+    lab = quiet
+    assert lab.nm.heal().returncode == 0  # the VM pinned and talking
+    assert lab.vm_reaches_gateway(count=2)
+    load(lab, tmp_path, INET_POLICY_DROP)
+    report = diagnose_json(lab.nm, lab.domain, expect=(1,))
+    assert first_broken(report) == 7
+    ev = hop(report, 7)["evidence"]
+    assert [(c["family"], c["table"], c["chain"], c["policy"]) for c in ev["nft_chains"]] == [
+        ("inet", "filter", "forward", "drop")]
+    assert "table inet filter chain forward" in hop(report, 7)["summary"] or \
+        "table inet filter chain forward" in report["first_broken"]["finding"]
+    assert 'nft insert rule inet filter forward iifname "br0" oifname "br0" accept' in report["first_broken"]["fix"]
