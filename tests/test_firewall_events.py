@@ -186,3 +186,34 @@ def test_firewall_changes_are_healed_on_their_nftables_event(quiet, tmp_path):
         daemon.terminate()
         daemon.wait(10)
     assert daemon.returncode == 0
+
+
+def test_bridge_table_drop_is_reported_on_its_event_and_legacy_on_the_resync(quiet, tmp_path):
+    """An L2 drop (bridge table) is detected at once and explained, not changed; iptables-legacy changes
+    have no kernel event: the periodic resync finds them (here every 3 s)."""
+    lab, topo = quiet, quiet.topo
+    lab.nm.set_policy({"invariants": {"bridge_netfilter": {"mode": "enforce"}}})
+    daemon = lab.nm.daemon("--resync", "3", "--no-dbus", "--socket", "none", "--libvirt-uri", "none")
+    try:
+        assert _wait(lambda: any(r.get("trigger") == "startup" for r in lab.nm.audit("reconciled")), 10)
+        rules = tmp_path / "l2.nft"
+        rules.write_text("table bridge l2fw {\n chain forward {\n  type filter hook forward priority 0; "
+                         "policy drop;\n }\n}\n")
+        t0 = time.monotonic()
+        topo.run(lab.host, "nft", "-f", str(rules))
+        assert _wait(lambda: any(r.get("kind") == "bridged_traffic_dropped_l2" for r in lab.nm.audit("detected")), 2)
+        assert time.monotonic() - t0 < 2.5  # before any resync could have run (3 s after the last)
+        assert not _healed(lab.nm, "bridge_netfilter", "bridged_traffic_dropped_l2")
+        assert "rule" not in topo.run(lab.host, "nft", "list", "table", "bridge", "l2fw").stdout
+        topo.run(lab.host, "nft", "delete", "table", "bridge", "l2fw")
+        assert lab.vm_reaches_gateway(count=2)
+
+        topo.run(lab.host, "iptables-legacy", "-P", "FORWARD", "DROP")
+        assert _wait(lambda: "-A FORWARD -i br0 -o br0 -j ACCEPT" in
+                     topo.run(lab.host, "iptables-legacy", "-S", "FORWARD").stdout, 8), "legacy DROP not healed"
+        assert lab.vm_reaches_gateway(count=2)
+        assert "resync" in _triggers(lab.nm, "bridge_netfilter")
+    finally:
+        daemon.terminate()
+        daemon.wait(10)
+    assert daemon.returncode == 0
