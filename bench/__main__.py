@@ -1,7 +1,7 @@
 """`python -m bench [--quick] [--only FIG,...] [--out FILE] [--json FILE] [--seed-seconds S]`
 
-Figures (docs/benchmarks.md explains each): reconcile, events, protect, footprint, scrape, seed, hook, virsh.
-`events`, `protect`, `footprint` and `scrape` share one daemon run on the big host.
+Figures (docs/benchmarks.md explains each): reconcile, events, protect, footprint, scrape, seed, hook, virsh,
+firewall. `events`, `protect`, `footprint` and `scrape` share one daemon run on the big host.
 """
 from __future__ import annotations
 
@@ -25,14 +25,15 @@ from bench.stats import summary
 from netmedic import labnet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIGURES = ("reconcile", "events", "protect", "footprint", "scrape", "seed", "hook", "virsh")
+FIGURES = ("reconcile", "events", "protect", "footprint", "scrape", "seed", "hook", "virsh", "firewall")
 METRICS_LISTEN = "127.0.0.1:29110"  # every daemon serves its metrics, as on a host Prometheus scrapes
 FULL = {"vms": 1000, "bridges": 4, "fdb": 50000, "repeat": 5, "protect": 8, "heal": 3, "idle": 62, "idle_windows": 3,
         "storm_rate": 20000, "storm_seconds": 10, "rates": [5000, 10000, 20000, 40000, 0],
-        "seed_seconds": 60, "hook_vms": 200, "hook_repeat": 7, "virsh_repeat": 10, "scrape_repeat": 50}
+        "seed_seconds": 60, "hook_vms": 200, "hook_repeat": 7, "virsh_repeat": 10, "scrape_repeat": 50,
+        "fw_trials": 100, "fw_repeat": 7}
 QUICK = {"vms": 40, "bridges": 2, "fdb": 2000, "repeat": 2, "protect": 3, "heal": 2, "idle": 3, "idle_windows": 1,
          "storm_rate": 5000, "storm_seconds": 2, "rates": [5000, 0], "seed_seconds": 3, "hook_vms": 20,
-         "hook_repeat": 2, "virsh_repeat": 2, "scrape_repeat": 10}
+         "hook_repeat": 2, "virsh_repeat": 2, "scrape_repeat": 10, "fw_trials": 5, "fw_repeat": 2}
 
 
 def log(msg: str) -> None:
@@ -476,6 +477,11 @@ def main(argv=None) -> int:
 
             log("virsh: `virsh start` of a 4-NIC VM with and without the hook (real libvirtd)")
             results["virsh"] = virsh.fig_virsh(sc, workdir)
+        if "firewall" in only:
+            from bench import firewall
+
+            log("firewall: forwarding / firewall change -> heal, and a no-op pass over a 5,000-rule ruleset")
+            results["firewall"] = firewall.fig_firewall(topo, sc, workdir, policy)
         if "seed" in only:
             log(f"seed: reflection on, pinging every 10 ms for {seed_seconds:g} s")
             results["seed"] = fig_seed(sc, workdir, seed_seconds)

@@ -14,13 +14,14 @@ from netmedic.healers import (
     ip_forward,
     mtu_set,
     netfilter_accept,
+    nft_accept,
     port_state,
     quarantine,
     reattach,
     vlan_add,
 )
 
-BUILTIN = (fdb_pin, reattach, port_state, ip_forward, netfilter_accept, quarantine, mtu_set, vlan_add)
+BUILTIN = (fdb_pin, reattach, port_state, ip_forward, netfilter_accept, nft_accept, quarantine, mtu_set, vlan_add)
 HEALERS = {m.PLUGIN.NAME: plugin.validate_healer(m.PLUGIN) for m in BUILTIN}
 
 

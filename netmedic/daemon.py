@@ -624,6 +624,12 @@ class Daemon:
             self.add_source(sock)
             self.note_source("socket", "listening" if sock.sock is not None else "off", path=self.socket_path,
                              error=sock.error)
+        from netmedic.sources.kernel import NetconfSource, NftablesSource
+
+        for kernel_src in (NetconfSource(), NftablesSource()):  # forwarding and firewall changes
+            self.add_source(kernel_src)
+            if kernel_src.error:
+                self.note_source(kernel_src.name, "off", error=kernel_src.error)
         if self.libvirt_uri:
             from netmedic.hooks import events
 

@@ -344,6 +344,9 @@ def hop_l3(c: _Ctx, hop: Hop) -> None:
     hop.set("ok", "bridge netfilter lets the VM's bridged traffic through")
     for v in c.about("bridge_netfilter", bridge=n.bridge):
         hop.set("broken", v.message, c.fix_for(v))
+        for ch in v.evidence.get("chains") or ():  # nf_tables: the table and chain that drop
+            hop.evidence.setdefault("nft_chains", []).append(
+                {k: ch.get(k) for k in ("family", "table", "chain", "hook", "policy", "dropped_by")})
     net = c.network
     if net is None or net.forward_mode not in ("nat", "route"):
         return

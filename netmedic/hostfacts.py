@@ -78,10 +78,19 @@ def _legacy_nat_loaded() -> bool:
 
 
 def read_nat_rules() -> list:
-    """Every MASQUERADE rule of the nat table, in iptables-nft, iptables-legacy and libvirt's own
-    nftables table."""
+    """Every masquerade rule: nf_tables' (iptables-nft's nat table, libvirt's own nftables table, any
+    other table; from the generation-keyed read of netmedic.firewall), and iptables-legacy's where its
+    nat table is loaded. Without python3-nftables: `iptables-nft -t nat -S` and `nft list table ip
+    libvirt_network`, as before."""
+    from netmedic import firewall
+
     rules: list = []
+    fw = firewall.read(legacy=False)  # nf_tables, iptables-nft's nat table included: cached by generation
+    if fw.error is None:
+        rules.extend(fw.nat_rules)
     for backend in ("nft", "legacy"):
+        if backend == "nft" and fw.error is None:
+            continue  # already in fw.nat_rules
         if backend == "legacy" and not _legacy_nat_loaded():
             continue
         binary = ops._iptables_binary(backend)
@@ -91,7 +100,7 @@ def read_nat_rules() -> list:
         if text:
             rules.extend(parse_iptables_nat(backend, text))
     nft = shutil.which("nft") or next((p for p in ("/usr/sbin/nft", "/sbin/nft") if os.access(p, os.X_OK)), None)
-    if nft:
+    if nft and fw.error is not None:
         text = _run([nft, "list", "table", "ip", "libvirt_network"])
         if text:
             rules.extend(parse_nft_nat(text))

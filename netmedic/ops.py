@@ -60,10 +60,10 @@ def _legacy_filter_loaded() -> bool:
         return False
 
 
-def read_forward_chains() -> list:
+def read_forward_chains(backends=("nft", "legacy")) -> list:
     """The FORWARD chain of each iptables backend in use in this network namespace."""
     chains = []
-    for backend in ("nft", "legacy"):
+    for backend in backends:
         if backend == "legacy" and not _legacy_filter_loaded():
             continue
         binary = _iptables_binary(backend)
@@ -143,6 +143,11 @@ class HostOps:
             self._write_sysctl(a["key"], a["value"])
         elif op == "iptables":
             self._iptables(a["backend"], a["args"])
+        elif op in ("nft_insert_accept", "nft_delete_accept"):
+            from netmedic import firewall
+
+            fn = firewall.insert_accept if op == "nft_insert_accept" else firewall.delete_accept
+            fn(a["family"], a["table"], a["chain"], a["bridge"])
         else:
             raise HostError(f"unknown operation {op!r}")
 

@@ -35,3 +35,6 @@ bash scripts/libvirt-test-env.sh
 
 # The monitoring tests' prometheus server + promtool and prometheus_client in both interpreters (nothing started).
 bash scripts/prometheus-test-env.sh
+
+# The firewall tests' nftables, python3-nftables (also made visible to .venv) and firewalld (nothing started).
+bash scripts/firewall-test-env.sh

@@ -67,3 +67,24 @@ def test_bench_quick_daemon_and_hook(tmp_path):
     assert "time to protect" in text and "hook cost: `start` (daemon)" in text
     for ns in res["namespaces"]:
         assert not os.path.exists(os.path.join("/run/netns", ns)), f"{ns} was left behind"
+
+
+def test_bench_quick_firewall(tmp_path):
+    """The firewall figure at a small scale: every change healed (a heal seen for every trial), and the
+    no-op pass over the unchanged 5,000-rule ruleset read no ruleset. Structure, not timings."""
+    out, raw = tmp_path / "benchmarks.md", tmp_path / "results.json"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "firewall", "--out", str(out),
+                           "--json", str(raw)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(raw.read_text())
+    fw = res["firewall"]
+    for kind in ("ip_forward", "iface_forward", "iptables_nft", "nft_inet"):
+        assert len(fw[kind]) == res["scale"]["fw_trials"] and not fw["failed"][kind], (kind, fw)
+        assert all(t > 0 for t in fw[kind])
+    noop = fw["noop"]
+    assert noop["reads_when_unchanged"] == 0 and noop["rules"] == 5000
+    assert len(noop["unchanged"]) == len(noop["read"]) == res["scale"]["fw_repeat"]
+    assert "heal time: nftables `table inet` forward chain" in out.read_text()
+    for ns in res["namespaces"]:
+        assert not os.path.exists(os.path.join("/run/netns", ns)), f"{ns} was left behind"

@@ -29,10 +29,11 @@ from snapshots import (
     write,
 )
 
-from netmedic import nl, ops
+from netmedic import firewall, nl, ops
 from netmedic.audit import Audit
 from netmedic.engine import Engine
 from netmedic.errors import HostError
+from netmedic.facts import Firewall
 from netmedic.policies import config
 from netmedic.state import State
 
@@ -124,6 +125,8 @@ def no_host_reads(monkeypatch):
         raise AssertionError("iptables must not be read: no bridge has br_netfilter on")
 
     monkeypatch.setattr(ops, "read_forward_chains", no_iptables)
+    # nf_tables: an empty ruleset (the real one of the namespace the unit tests run in is not theirs).
+    monkeypatch.setattr(firewall, "read", lambda force=False, legacy=True: Firewall(1))
 
 
 class Clock:
