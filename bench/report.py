@@ -227,7 +227,7 @@ ANALYSIS = """
 ## What limits the figures, and what was done (profiled with cProfile/pyinstrument)
 
 - **Observation used to be pyroute2 parsing.** pyroute2 decodes ~1 ms per link and ~0.6 ms per fdb
-  lookup: a 1,000-VM host spent seconds per pass. `netmedic/nl.py` now reads links and fdb entries with
+  lookup: a 1,000-VM host spent seconds per pass. `netmedic/nl/reader.py` now reads links and fdb entries with
   a lean parser on a plain netlink socket (`RawRtnl`: link dumps filtered by master in the kernel, single
   links by name, per-MAC fdb lookups sent 64 per `send()`), tested equal to pyroute2's parse of the same
   kernel state (tests/test_nl.py). pyroute2 is still used for every write. A no-op full pass at 1,000 VMs

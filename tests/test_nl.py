@@ -203,7 +203,7 @@ def test_lean_link_dump_matches_pyroute2(bridged):
         import dataclasses
         with nl.Netlink() as n:
             lean = sorted(n.links(), key=lambda l: l.index)
-            full = sorted((nl._link_from_msg(m) for m in n.ipr.link("dump")), key=lambda l: l.index)
+            full = sorted((nl.netlink._link_from_msg(m) for m in n.ipr.link("dump")), key=lambda l: l.index)
         out({"lean": [dataclasses.asdict(l) for l in lean], "full": [dataclasses.asdict(l) for l in full]})
     ''')
     assert len(res["lean"]) >= 7
@@ -233,10 +233,10 @@ def test_lean_reads_match_pyroute2(bridged):
         with nl.Netlink() as n:
             br, br1 = n.link("br0").index, n.link("br1").index
             ports = [A(l) for l in sorted(n.links(master=br), key=lambda l: l.index)]
-            ref_ports = [A(nl._link_from_msg(m)) for m in sorted(n.ipr.link("dump"), key=lambda m: m["index"])
+            ref_ports = [A(nl.netlink._link_from_msg(m)) for m in sorted(n.ipr.link("dump"), key=lambda m: m["index"])
                          if m.get_attr("IFLA_MASTER") == br]
             one = {{name: A(n.link(name)) for name in ("br0", "vm0", "loose0")}}
-            ref_one = {{name: A(nl._link_from_msg(n.ipr.link("get", ifname=name)[0]))
+            ref_one = {{name: A(nl.netlink._link_from_msg(n.ipr.link("get", ifname=name)[0]))
                        for name in ("br0", "vm0", "loose0")}}
             by_index = A(n.link(n.link("vm0").index))
             macs = [(br, "{GUEST_MAC}", None), (br, "{OTHER_MAC}", None), (br, "52:54:00:6e:6d:99", None),
@@ -247,7 +247,7 @@ def test_lean_reads_match_pyroute2(bridged):
             for b, mac, _v in macs:
                 try:
                     msgs = n._request(n._ndmsg(attrs=[("NDA_LLADDR", mac), ("NDA_MASTER", b)]), 30, 1)
-                    ref.append(fdb(nl._fdb_from_msg(msgs[0])))
+                    ref.append(fdb(nl.netlink._fdb_from_msg(msgs[0])))
                 except n._pr.NetlinkError:
                     ref.append(None)
             out({{"ports": ports, "ref_ports": ref_ports, "one": one, "ref_one": ref_one, "by_index": by_index,
@@ -293,7 +293,7 @@ def test_link_from_msg_bond_mode():
         msg.encode()
         parsed = ifinfmsg(msg.data)
         parsed.decode()
-        info = nl._link_from_msg(parsed)
+        info = nl.netlink._link_from_msg(parsed)
         assert info == nl.LinkInfo(index=7, name="bond0", kind="bond", mac="aa:bb:cc:dd:ee:01", mtu=9000,
                                    up=True, carrier=False, operstate="DOWN", master=3, bond_mode=mode)
 
@@ -645,7 +645,7 @@ def test_listener_link_and_fdb_events_match_pyroute2(bridged):
     assert len(datagrams) > 10
     reference = []
     for d in datagrams:
-        mine = nl._parse_events(d)
+        mine = nl.listener._parse_events(d)
         assert mine == _pyroute2_events(d), d.hex()
         reference.extend(mine)
     # (the raw socket may have caught a notification after the Listener's last read)
@@ -702,14 +702,14 @@ def test_parse_events_synthetic():
         nl.Event("link", "new", 5, "vnet0", 3),
         nl.Event("link", "del", 6, "vnet1", None),
     ]
-    assert nl._parse_events(datagram) == expected
+    assert nl.listener._parse_events(datagram) == expected
     assert _pyroute2_events(datagram) == expected
-    assert nl._parse_events(bytearray(datagram) + bytearray(100), len(datagram)) == expected
+    assert nl.listener._parse_events(bytearray(datagram) + bytearray(100), len(datagram)) == expected
     for cut in range(0, len(datagram), 7):  # truncated input never raises
-        nl._parse_events(datagram[:cut])
+        nl.listener._parse_events(datagram[:cut])
     bad = bytearray(datagram)
     struct.pack_into("=I", bad, 0, 10)  # nlmsg_len below the header size
-    assert nl._parse_events(bytes(bad)) == []
+    assert nl.listener._parse_events(bytes(bad)) == []
 
 
 @netns
@@ -789,16 +789,16 @@ def test_listener_overflow_reopens_and_recovers(bridged):
 
 # --- no root needed --------------------------------------------------------------------------------
 def test_mac_validation():
-    assert nl._mac("52:54:00:AA:bb:CC") == "52:54:00:aa:bb:cc"
-    assert nl._mac("52-54-00-aa-bb-cc") == "52:54:00:aa:bb:cc"
+    assert nl.uapi._mac("52:54:00:AA:bb:CC") == "52:54:00:aa:bb:cc"
+    assert nl.uapi._mac("52-54-00-aa-bb-cc") == "52:54:00:aa:bb:cc"
     for bad in ("", "52:54:00:aa:bb", "52:54:00:aa:bb:cc:dd", "zz:54:00:aa:bb:cc", "5254.00aa.bbcc"):
         with pytest.raises(ValueError):
-            nl._mac(bad)
+            nl.uapi._mac(bad)
 
 
 def test_errno_text():
-    assert nl._errno_text(1) == "Operation not permitted (EPERM)"
-    assert nl._errno_text(-95) == "Operation not supported (EOPNOTSUPP)"
-    assert nl._errno_text(22, "mtu less than device minimum") == \
+    assert nl.uapi._errno_text(1) == "Operation not permitted (EPERM)"
+    assert nl.uapi._errno_text(-95) == "Operation not supported (EOPNOTSUPP)"
+    assert nl.uapi._errno_text(22, "mtu less than device minimum") == \
         "Invalid argument (EINVAL): mtu less than device minimum"
-    assert nl._errno_text(22, "Invalid argument") == "Invalid argument (EINVAL)"
+    assert nl.uapi._errno_text(22, "Invalid argument") == "Invalid argument (EINVAL)"
