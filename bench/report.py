@@ -166,7 +166,7 @@ def render(r: dict) -> str:
         "- **the machine is shared with other engineers' test runs**: absolute timings are noisy. That is why "
         "every figure with a baseline is given as a ratio against that baseline, measured interleaved with it "
         "in the same run (round by round), and why each is the median of repeated rounds with min–max.",
-        "- everything runs as root in network namespaces the run creates and deletes (labnet.Topology), "
+        "- everything runs as root in network namespaces the run creates and deletes (netmedic.lab.Topology), "
         "addresses only in 198.51.100.0/24 and 203.0.113.0/24; the root namespace's interfaces are never "
         "touched. The daemon and the benchmark's policy are the shipped defaults except the healing rate "
         "limits and breaker, lifted because the benchmark heals the same subjects many times a minute on "
@@ -206,7 +206,7 @@ ANALYSIS = """
   before the tap appears. (With libvirt the qemu hook pins at `start begin`, before the guest runs, and
   libvirt writes the status XML after that; this figure is the daemon's own path.) The first VM goes on
   a bridge with no VM yet, which the daemon learns of from that VM's XML.
-- **Seed case**: labnet's seed topology (tc mirred reflection on the switch port); baseline: the same
+- **Seed case**: netmedic.lab's seed topology (tc mirred reflection on the switch port); baseline: the same
   topology without netmedic. With netmedic: the daemon runs, then the "VM starts" (domain XML written,
   tap enslaved), the pin is awaited, then the VM pings its gateway every 10 ms.
 - **Footprint**: /proc/PID/status VmRSS and utime+stime of the daemon process; idle: three windows of

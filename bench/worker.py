@@ -229,7 +229,7 @@ def _ip_batch(lines) -> None:
 
 
 def protect(cfg: dict) -> dict:
-    from netmedic import labnet
+    from netmedic.lab import tap_mac_for, write_domain_xml
 
     br = cfg["bridge"]
     watch = _Watch()
@@ -237,8 +237,8 @@ def protect(cfg: dict) -> dict:
     try:
         for i in range(cfg["repeat"]):
             tap, mac = f"pt{i}", cfg["macs"][i]
-            labnet.write_domain_xml(cfg["domain_dir"], f"pvm{i}", [{"mac": mac, "bridge": br, "tap": tap}])
-            _ip_batch([f"link add name {tap} address {labnet.tap_mac_for(mac)} type veth peer name {tap}p",
+            write_domain_xml(cfg["domain_dir"], f"pvm{i}", [{"mac": mac, "bridge": br, "tap": tap}])
+            _ip_batch([f"link add name {tap} address {tap_mac_for(mac)} type veth peer name {tap}p",
                        f"link set {tap}p up", f"link set {tap} master {br}", f"link set {tap} up"])
             br_index = _ifindex(br)
             t_tap = watch.wait(lambda ev, t=tap, b=br_index: ev.kind == "link" and ev.name == t

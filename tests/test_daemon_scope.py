@@ -8,7 +8,7 @@ import time
 
 from conftest import fdb_entry, is_sticky_pin
 
-from netmedic import labnet
+from netmedic.lab import tap_mac_for, write_domain_xml
 
 VM2_MAC = "52:54:00:5c:0e:02"
 
@@ -34,12 +34,12 @@ def test_vm_start_is_a_pass_over_that_vm_only(quiet, tmp_path):
         assert _wait(lambda: any(r.get("trigger") == "startup" for r in lab.nm.audit("reconciled")))
         # A second VM starts the way libvirt starts it: tap enslaved first, status XML written after.
         guest2 = topo.netns("g2", ipv6=False)
-        topo.veth(lab.host, "vnet9", guest2, "eth0", mac_a=labnet.tap_mac_for(VM2_MAC), mac_b=VM2_MAC)
+        topo.veth(lab.host, "vnet9", guest2, "eth0", mac_a=tap_mac_for(VM2_MAC), mac_b=VM2_MAC)
         topo.enslave(lab.host, "vnet9", lab.bridge)
         time.sleep(0.3)
         n_before = len(lab.nm.audit("reconciled"))
         t0 = time.monotonic()
-        labnet.write_domain_xml(lab.domain_xml_dir, "vm2", [{"mac": VM2_MAC, "bridge": lab.bridge, "tap": "vnet9"}])
+        write_domain_xml(lab.domain_xml_dir, "vm2", [{"mac": VM2_MAC, "bridge": lab.bridge, "tap": "vnet9"}])
         assert _wait(lambda: _pinned(lab, VM2_MAC, "vnet9"), 5), "vm2 was not pinned after its XML appeared"
         took = time.monotonic() - t0
         # The XML watch reacts at once (the fallback poll runs once a second).

@@ -19,7 +19,7 @@ from diagnose_helpers import (
     normalise,
 )
 
-from netmedic import labnet
+from netmedic.lab import write_domain_xml
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
 
@@ -161,7 +161,7 @@ def test_local_duplicate(quiet):
     topo.veth(lab.host, "vnet1", vm2, "eth0", mac_a="fe:54:00:12:34:57", mac_b=lab.vm_mac)
     topo.enslave(lab.host, "vnet1", lab.bridge)
     topo.addr(vm2, "eth0", "203.0.113.11/24")
-    labnet.write_domain_xml(lab.domain_xml_dir, "clonevm", [{"mac": lab.vm_mac, "bridge": lab.bridge,
+    write_domain_xml(lab.domain_xml_dir, "clonevm", [{"mac": lab.vm_mac, "bridge": lab.bridge,
                                                              "tap": "vnet1"}])
     topo.ping(vm2, lab.gw_ip, count=1, timeout=0.3)
     report = diagnose_json(lab.nm, lab.domain, expect=(1,))

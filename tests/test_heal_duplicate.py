@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from netmedic import labnet
+from netmedic.lab import write_domain_xml
 
 
 def _clone(lab):
@@ -12,7 +12,7 @@ def _clone(lab):
     topo.veth(lab.host, "vnet1", vm2, "eth0", mac_a="fe:54:00:12:34:57", mac_b=lab.vm_mac)
     topo.enslave(lab.host, "vnet1", lab.bridge)
     topo.addr(vm2, "eth0", lab.vm_ip + "/24")
-    labnet.write_domain_xml(lab.domain_xml_dir, "clonevm",
+    write_domain_xml(lab.domain_xml_dir, "clonevm",
                             [{"mac": lab.vm_mac, "bridge": lab.bridge, "tap": "vnet1"}])
     return vm2
 

@@ -118,8 +118,8 @@ def test_out_of_scope_bridge_is_not_touched(seed, tmp_path):
     vm2 = topo.netns("vm2")
     topo.veth(seed.host, "vnet1", vm2, "eth0", mac_a="fe:54:00:00:00:02", mac_b="52:54:00:00:00:02")
     topo.enslave(seed.host, "vnet1", "br1")
-    from netmedic import labnet
-    labnet.write_domain_xml(seed.domain_xml_dir, "othervm",
+    from netmedic.lab import write_domain_xml
+    write_domain_xml(seed.domain_xml_dir, "othervm",
                             [{"mac": "52:54:00:00:00:02", "bridge": "br1", "tap": "vnet1"}])
     topo.run(seed.host, "bridge", "fdb", "replace", "52:54:00:00:00:02", "dev", "vnet1", "master", "dynamic")
     seed.nm.set_policy({"scope": {"exclude_bridges": ["br1"]}})

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from conftest import Netmedic
 
-from netmedic import labnet
+from netmedic.lab import write_domain_xml, write_network_xml
 
 
 @pytest.fixture
@@ -27,9 +27,9 @@ def natnet(topo, tmp_path):
     doms, nets = tmp_path / "domains", tmp_path / "networks"
     doms.mkdir()
     nets.mkdir()
-    labnet.write_network_xml(str(nets), "nat1", "virbr1", forward_mode="nat", ip="203.0.113.1",
+    write_network_xml(str(nets), "nat1", "virbr1", forward_mode="nat", ip="203.0.113.1",
                              netmask="255.255.255.0")
-    labnet.write_domain_xml(str(doms), "natvm", [{"mac": "52:54:00:00:01:01", "network": "nat1",
+    write_domain_xml(str(doms), "natvm", [{"mac": "52:54:00:00:01:01", "network": "nat1",
                                                   "bridge": "virbr1", "tap": "vnet0"}])
 
     class Net:

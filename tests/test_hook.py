@@ -13,8 +13,9 @@ import time
 
 import pytest
 
-from netmedic import hooks, labnet
+from netmedic import hooks
 from netmedic.hooks import notify
+from netmedic.lab import tap_mac_for
 from tests.conftest import ROOT, fdb_entry, is_sticky_pin, write_policy
 
 pytestmark = pytest.mark.netns
@@ -93,7 +94,7 @@ def netrig(tmp_path, topo):
     ns = topo.netns("host", ipv6=False)
     guest = topo.netns("guest", ipv6=False)
     topo.bridge(ns, "br0")
-    topo.veth(ns, "vnet0", guest, "eth0", mac_a=labnet.tap_mac_for(VM_MAC), mac_b=VM_MAC)
+    topo.veth(ns, "vnet0", guest, "eth0", mac_a=tap_mac_for(VM_MAC), mac_b=VM_MAC)
     topo.enslave(ns, "vnet0", "br0")
     return HookRig(tmp_path, topo, ns)
 
@@ -264,7 +265,7 @@ def test_start_pins_before_the_guest_sends_and_stop_releases(netrig):
     # someone else's static entry on the bridge: netmedic must leave it alone
     topo.veth(ns, "other0", topo.netns("other", ipv6=False), "eth0")
     topo.enslave(ns, "other0", "br0")
-    topo._bridge_cmd(ns, "fdb", "add", "02:00:00:00:99:99", "dev", "other0", "master", "static")
+    topo.bridge_cmd(ns, "fdb", "add", "02:00:00:00:99:99", "dev", "other0", "master", "static")
 
     proc = netrig.call("qemu", "vm1", "start", "begin", xml)
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"", b"")
@@ -293,7 +294,7 @@ def test_reconnect_repins_a_lost_pin(netrig):
     topo, ns = netrig.topo, netrig.ns
     xml = _domain_xml("vm1", [(VM_MAC, "br0", "vnet0")]).encode()
     assert netrig.call("qemu", "vm1", "start", "begin", xml).returncode == 0
-    topo._bridge_cmd(ns, "fdb", "del", VM_MAC, "dev", "vnet0", "master")
+    topo.bridge_cmd(ns, "fdb", "del", VM_MAC, "dev", "vnet0", "master")
     assert fdb_entry(topo, ns, "br0", VM_MAC) is None
     assert netrig.call("qemu", "vm1", "reconnect", "begin", xml).returncode == 0
     assert is_sticky_pin(fdb_entry(topo, ns, "br0", VM_MAC), "vnet0")
@@ -431,7 +432,7 @@ def test_hook_and_real_daemon(netrig, tmp_path):
     wait_for(lambda: netrig.records() == {})
     assert fdb_entry(topo, ns, "br0", VM_MAC) is None and netrig.records() == {}
     assert netrig.audit("hook")[-1]["result"] == "released"
-    topo._stop_process(daemon, [])
+    topo.stop_process(daemon, [])
 
 
 # --- the network hook ----------------------------------------------------------------------------
@@ -446,7 +447,7 @@ def _port_xml(owner, mac, bridge):
 def test_network_port_deleted_releases_only_that_nic(netrig):
     topo, ns = netrig.topo, netrig.ns
     guest2 = topo.netns("guest2", ipv6=False)
-    topo.veth(ns, "vnet1", guest2, "eth0", mac_a=labnet.tap_mac_for(OTHER_MAC), mac_b=OTHER_MAC)
+    topo.veth(ns, "vnet1", guest2, "eth0", mac_a=tap_mac_for(OTHER_MAC), mac_b=OTHER_MAC)
     topo.enslave(ns, "vnet1", "br0")
     xml = _domain_xml("vm1", [(VM_MAC, "br0", "vnet0"), (OTHER_MAC, "br0", "vnet1")]).encode()
     assert netrig.call("qemu", "vm1", "start", "begin", xml).returncode == 0
@@ -488,7 +489,7 @@ def test_concurrent_starts_keep_each_others_pins(netrig):
     reconciles the same bridge: VM1's fresh pin must survive. Once VM1's tap is gone, its record goes."""
     topo, ns = netrig.topo, netrig.ns
     guest2 = topo.netns("guest2", ipv6=False)
-    topo.veth(ns, "vnet1", guest2, "eth0", mac_a=labnet.tap_mac_for(OTHER_MAC), mac_b=OTHER_MAC)
+    topo.veth(ns, "vnet1", guest2, "eth0", mac_a=tap_mac_for(OTHER_MAC), mac_b=OTHER_MAC)
     topo.enslave(ns, "vnet1", "br0")
     assert netrig.call("qemu", "vm1", "start", "begin", _domain_xml("vm1", [(VM_MAC, "br0", "vnet0")]).encode()
                        ).returncode == 0
@@ -497,7 +498,7 @@ def test_concurrent_starts_keep_each_others_pins(netrig):
     assert is_sticky_pin(fdb_entry(topo, ns, "br0", VM_MAC), "vnet0")
     assert is_sticky_pin(fdb_entry(topo, ns, "br0", OTHER_MAC), "vnet1")
     assert sorted(r["domain"] for r in netrig.records().values()) == ["vm1", "vm2"]
-    topo._ipn(ns, "link", "del", "vnet0")  # VM1's qemu died without hooks: the tap went with it
+    topo.ip(ns, "link", "del", "vnet0")  # VM1's qemu died without hooks: the tap went with it
     (netrig.domain_dir / "vm2.xml").write_text(_domain_xml("vm2", [(OTHER_MAC, "br0", "vnet1")], status=True))
     assert netrig.call("qemu", "vm2", "started", "begin", _domain_xml("vm2", [(OTHER_MAC, "br0", "vnet1")]).encode()
                        ).returncode == 0

@@ -14,7 +14,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from netmedic.labnet import (
+from netmedic.lab import (
     SeedLab,
     Topology,
     build_seed_case,

@@ -23,7 +23,8 @@ import time
 import pytest
 import yaml
 
-from netmedic import hooks, labnet
+from netmedic import hooks
+from netmedic.lab import Topology
 from tests.conftest import ROOT, fdb_entry, is_sticky_pin, nm_env, write_policy
 
 pytestmark = pytest.mark.netns
@@ -78,7 +79,7 @@ def _nic_xml(mac, tap, bridge=BRIDGE):
 class Libvirt:
     def __init__(self, tmp):
         self.tmp = tmp
-        self.topo = labnet.Topology("nmlv")
+        self.topo = Topology("nmlv")
         self.ns = self.topo.netns("hv", ipv6=False)
         self.topo.bridge(self.ns, BRIDGE)
         self.audit_log = str(tmp / "audit.jsonl")
@@ -349,7 +350,7 @@ def test_start_pins_before_virsh_returns_and_destroy_releases(lv, clean):
     # someone else's entry on the bridge: netmedic must never remove it
     lv.topo.veth(lv.ns, f"{TAG}o", lv.topo.netns("other", ipv6=False), "eth0")
     lv.topo.enslave(lv.ns, f"{TAG}o", BRIDGE)
-    lv.topo._bridge_cmd(lv.ns, "fdb", "add", "02:00:00:00:99:01", "dev", f"{TAG}o", "master", "static")
+    lv.topo.bridge_cmd(lv.ns, "fdb", "add", "02:00:00:00:99:01", "dev", f"{TAG}o", "master", "static")
 
     clean.add(name)
     lv.create(name, [(mac, tap)])
@@ -474,7 +475,7 @@ def test_hotplugged_nic_pinned_by_the_daemons_libvirt_events(lv, clean, tmp_path
         assert text.returncode == 0, text.stderr
         assert "libvirt" in text.stdout and "connected" in text.stdout and "last heals:" in text.stdout
     finally:
-        lv.topo._stop_process(daemon, [])
+        lv.topo.stop_process(daemon, [])
     assert not os.path.exists(lv.socket)  # the daemon removed its socket
     with open(os.path.join(os.path.dirname(lv.socket), "status.json")) as fh:
         assert json.load(fh).get("stopped")
@@ -507,7 +508,7 @@ def test_daemon_reconnects_after_libvirtd_restart(lv, clean):
         states = [x for i, x in enumerate(states) if i == 0 or states[i - 1] != x]
         assert states[-3:] == ["connected", "disconnected", "connected"], lines
     finally:
-        lv.topo._stop_process(daemon, [])
+        lv.topo.stop_process(daemon, [])
 
 
 def test_policy_file_shape_is_valid_for_the_tests(lv):

@@ -111,8 +111,8 @@ def test_vlans_not_checked_without_vlan_filtering_or_observation():
 def test_vlan_netlink_path_on_this_kernel():
     """The real code path against this kernel (no CONFIG_BRIDGE_VLAN_FILTERING): the dump returns the
     bridge ports with no VLANs, and an add is refused (EOPNOTSUPP), as a HostError."""
-    from netmedic import labnet
-    with labnet.Topology("nmtv") as topo:
+    from netmedic.lab import Topology
+    with Topology("nmtv") as topo:
         ns = topo.netns("h")
         topo.bridge(ns, "br0")
         topo.veth(ns, "vnet0", ns, "peer0")

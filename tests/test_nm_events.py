@@ -27,11 +27,12 @@ import subprocess
 import sys
 import time
 
+import nmlab
 import pytest
 from conftest import ROOT, Netmedic, fdb_entry, is_sticky_pin, nm_env
 
-from netmedic import labnet
-from netmedic.sources import nmlab, render_script
+from netmedic.lab import tap_mac_for, write_domain_xml
+from netmedic.sources import render_script
 
 SYSTEM_PY = "/usr/bin/python3"
 VM_MAC = "52:54:00:12:34:56"
@@ -85,7 +86,7 @@ class NMHost:
         self.domains = str(tmp_path / "domains")
         self.networks = str(tmp_path / "networks")
         os.makedirs(self.networks)
-        labnet.write_domain_xml(self.domains, "vm1", [{"mac": VM_MAC, "bridge": "br0", "tap": "vnet0"}])
+        write_domain_xml(self.domains, "vm1", [{"mac": VM_MAC, "bridge": "br0", "tap": "vnet0"}])
         self.nm = Netmedic(topo, self.host, tmp_path, self.domains, self.networks)
         # These tests re-activate the bridge again and again on purpose: with the default breaker (4 fixes
         # in 10 min) the tap would count as flapping and be left alone, which is right on a real host.
@@ -94,7 +95,7 @@ class NMHost:
         self.daemon = None
         self.lab.add_connection("br0", BR_CONN)
         self.lab.add_connection("uplink0", PORT_CONN)
-        topo.veth(self.host, "vnet0", self.vm, "eth0", mac_a=labnet.tap_mac_for(VM_MAC), mac_b=VM_MAC)
+        topo.veth(self.host, "vnet0", self.vm, "eth0", mac_a=tap_mac_for(VM_MAC), mac_b=VM_MAC)
         topo.veth(self.host, "uplink0", self.gw, "eth0")
         topo.addr(self.vm, "eth0", "203.0.113.10/24")
         topo.addr(self.gw, "eth0", "203.0.113.1/24")

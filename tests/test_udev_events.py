@@ -14,11 +14,12 @@ import os
 import sys
 import time
 
+import nmlab
 import pytest
 from conftest import ROOT, Netmedic, fdb_entry, is_sticky_pin, nm_env
 
-from netmedic import labnet
-from netmedic.sources import nmlab, render_script, render_udev_rule
+from netmedic.lab import tap_mac_for, write_domain_xml
+from netmedic.sources import render_script, render_udev_rule
 
 VM_MAC = "52:54:00:12:34:57"
 
@@ -43,7 +44,7 @@ def udevhost(topo, tmp_path):
     lab = nmlab.NMLab(topo, host, str(tmp_path / "lab"))
     domains, networks = str(tmp_path / "domains"), str(tmp_path / "networks")
     os.makedirs(networks)
-    labnet.write_domain_xml(domains, "vm2", [{"mac": VM_MAC, "bridge": "br0", "tap": "vnet0"}])
+    write_domain_xml(domains, "vm2", [{"mac": VM_MAC, "bridge": "br0", "tap": "vnet0"}])
     nm = Netmedic(topo, host, tmp_path, domains, networks)
     sock = str(tmp_path / "sock" / "netmedic.sock")
     program = str(tmp_path / "netmedic-udev")
@@ -64,7 +65,7 @@ def test_new_tap_of_a_known_vm_is_handled_via_the_udev_rule(udevhost):
     n0 = len(nm.audit("reconciled"))
 
     t0 = time.monotonic()
-    topo.veth(host, "vnet0", vm, "eth0", mac_a=labnet.tap_mac_for(VM_MAC), mac_b=VM_MAC)  # detached
+    topo.veth(host, "vnet0", vm, "eth0", mac_a=tap_mac_for(VM_MAC), mac_b=VM_MAC)  # detached
     _wait(lambda: (topo.link(host, "vnet0") or {}).get("master") == "br0"
           and is_sticky_pin(fdb_entry(topo, host, "br0", VM_MAC), "vnet0"), 1.0,
           "the new tap was not attached and pinned within 1 s: " + lab.log("udevd.log")[-1500:], daemon)

@@ -13,7 +13,8 @@ import sys
 import tempfile
 import time
 
-from netmedic import labnet
+from netmedic.lab.seed import build_seed_case
+from netmedic.lab.topology import Topology
 
 SCENARIOS = {
     "seed": "the founding case: the uplink reflects the VM's broadcasts (a round-robin bond does), the "
@@ -33,7 +34,7 @@ def netmedic_argv(*args: str) -> list:
 
 def _env() -> dict:
     env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
@@ -70,10 +71,10 @@ def main(scenario: str = "seed", keep: bool = False) -> int:
         print("netmedic: error: the lab creates network namespaces: run it as root", file=sys.stderr)
         return 2
     workdir = tempfile.mkdtemp(prefix="netmedic-lab-")
-    topo = labnet.Topology("nmlab")
+    topo = Topology("nmlab")
     daemon = None
     try:
-        lab = labnet.build_seed_case(topo, workdir, reflect=(scenario == "seed"))
+        lab = build_seed_case(topo, workdir, reflect=(scenario == "seed"))
         audit_log = os.path.join(workdir, "audit.jsonl")
         common = ["--domain-xml-dir", lab.domain_xml_dir, "--network-xml-dir", lab.network_xml_dir,
                   "--state-dir", os.path.join(workdir, "state"), "--audit-log", audit_log]

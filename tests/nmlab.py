@@ -1,7 +1,7 @@
 """A confined NetworkManager / system D-Bus / systemd-udevd for tests and labs (the event-source tests
 use it; production never imports it).
 
-Everything runs inside a network namespace of a :class:`netmedic.labnet.Topology` AND in a private
+Everything runs inside a network namespace of a :class:`netmedic.lab.Topology` AND in a private
 mount view: each process is started as ``ip netns exec NS unshare -m --propagation private sh -c
 'mount --rbind DIR/run /run; mount --bind ... ; exec CMD'``, so that
 
