@@ -35,18 +35,16 @@ def _children_cpu() -> float:
 # --- figure 1: full reconcile ------------------------------------------------------------------------
 def reconcile(cfg: dict) -> dict:
     from netmedic.audit import Audit
-    from netmedic.engine import Engine
-    from netmedic.policies import config
-    from netmedic.state import State
+    from netmedic.settings import build_engine, load_policy
 
     bridges = cfg["bridges"]
     entries = 0
     for br in bridges:
         out = subprocess.run(["bridge", "-j", "fdb", "show", "br", br], capture_output=True, check=True).stdout
         entries += len(json.loads(out or b"[]"))
-    policy = config.load(cfg["policy"])
+    policy = load_policy(cfg["policy"])
     audit = Audit(cfg["audit_log"], trigger="bench")
-    engine = Engine(policy, State(cfg["state_dir"]), audit, cfg["domain_dir"], cfg["network_dir"])
+    engine = build_engine(policy, cfg["state_dir"], audit, cfg["domain_dir"], cfg["network_dir"])
     cmd = [sys.executable, "-m", "netmedic", "heal", "--domain-xml-dir", cfg["domain_dir"],
            "--network-xml-dir", cfg["network_dir"], "--policy", cfg["policy"], "--audit-log",
            cfg["audit_log"], "--state-dir", cfg["state_dir"]]

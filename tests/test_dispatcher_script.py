@@ -13,8 +13,15 @@ import time
 import pytest
 from conftest import ROOT
 
-from netmedic import notify
-from netmedic.sources import INSTALL_PATHS, SCRIPTS_DIR, nm_dispatcher, render_script, render_udev_rule, udev
+from netmedic.sources import (
+    INSTALL_PATHS,
+    SCRIPTS_DIR,
+    client,
+    nm_dispatcher,
+    render_script,
+    render_udev_rule,
+    udev,
+)
 
 
 @pytest.fixture
@@ -76,15 +83,15 @@ def _dgram_server(path):
 
 def test_post_datagram_and_no_daemon(tmp_path):
     path = str(tmp_path / "s.sock")
-    assert notify.post({"source": "t"}, path) is False  # nobody there: False, at once
+    assert client.post({"source": "t"}, path) is False  # nobody there: False, at once
     srv = _dgram_server(path)
     try:
-        assert notify.post({"source": "t", "bridges": ["br0"]}, path) is True
+        assert client.post({"source": "t", "bridges": ["br0"]}, path) is True
         assert json.loads(srv.recv(4096)) == {"source": "t", "bridges": ["br0"]}
-        assert notify.post({"source": "x" * 5000}, path) is False  # too big for one event
+        assert client.post({"source": "x" * 5000}, path) is False  # too big for one event
     finally:
         srv.close()
-    assert notify.post({"source": "t"}, path) is False  # bound by nobody now
+    assert client.post({"source": "t"}, path) is False  # bound by nobody now
 
 
 def test_post_to_a_stream_server(tmp_path):
@@ -101,7 +108,7 @@ def test_post_to_a_stream_server(tmp_path):
 
     t = threading.Thread(target=accept)
     t.start()
-    assert notify.post({"source": "t"}, path) is True
+    assert client.post({"source": "t"}, path) is True
     t.join(2)
     srv.close()
     assert got == ['{"source":"t"}\n']
@@ -152,5 +159,5 @@ def test_fallback_heal_is_bounded(tmp_path, monkeypatch):
     env = {"NETMEDIC_AUDIT_LOG": str(tmp_path / "a.jsonl"), "NETMEDIC_STATE_DIR": str(tmp_path / "st"),
            "NETMEDIC_DOMAIN_XML_DIR": str(tmp_path), "NETMEDIC_NETWORK_XML_DIR": str(tmp_path)}
     t0 = time.monotonic()
-    assert notify.fallback_heal(["br0"], "test", env, timeout=0.3) == 2
+    assert client.fallback_heal(["br0"], "test", env, timeout=0.3) == 2
     assert time.monotonic() - t0 < 2

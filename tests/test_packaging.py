@@ -47,18 +47,8 @@ def _exists(rel):
 
 
 def _dispatcher_names():
-    """The names packaging/install-layout.sh gives dispatcher/scripts/* (the same rule)."""
-    names = []
-    for path in sorted(glob.glob(os.path.join(ROOT, "dispatcher", "scripts", "*"))):
-        name = os.path.basename(path)
-        if not os.path.isfile(path) or name.endswith((".pyc", ".md", ".txt")) or name == "__init__.py" \
-                or name.startswith(".") or "udev" in name:
-            continue
-        name = name[:-3] if name.endswith(".py") else name
-        if not re.match(r"\d\d-", name):
-            name = "90-netmedic" if name in ("netmedic", "dispatcher", "nm-dispatcher") else "90-" + name
-        names.append(name)
-    return names
+    """The names packaging/install-layout.sh gives the NetworkManager dispatcher script."""
+    return ["90-netmedic"] if _exists("netmedic/sources/scripts/netmedic") else []
 
 
 # The one expected layout of both packages: path -> (kind, mode, symlink target). Paths are the
@@ -81,10 +71,8 @@ for _kind, _name in (("qemu", "libvirt-qemu-hook"), ("network", "libvirt-network
 
 
 def _udev_program():
-    """The udev rule's RUN program: the event sources' rule when the tree has it, else packaging's."""
-    rule = os.path.join(ROOT, "dispatcher", "udev", "90-netmedic.rules")
-    if not (os.path.exists(rule) and _exists("dispatcher/scripts/netmedic-udev")):
-        rule = os.path.join(ROOT, "packaging", "udev", "90-netmedic.rules")
+    """The udev rule's RUN program (the path the event sources' rule names)."""
+    rule = os.path.join(ROOT, "netmedic", "sources", "scripts", "90-netmedic.rules")
     with open(rule) as fh:
         return re.search(r'RUN\+="(/[^" ]+)', fh.read()).group(1)
 

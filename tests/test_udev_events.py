@@ -1,7 +1,7 @@
 """udev as an event source, with a REAL systemd-udevd running inside the test's network namespace (net
 uevents stay in their namespace) and in a private mount view (netmedic.sources.nmlab: its own /run/udev,
-and rules directories holding only the rule under test — dispatcher/udev/90-netmedic.rules with its
-RUN+= pointing at the test's rendered copy of dispatcher/scripts/netmedic-udev). udevd is stopped by
+and rules directories holding only the rule under test — netmedic/sources/scripts/90-netmedic.rules with its
+RUN+= pointing at the test's rendered copy of netmedic/sources/scripts/netmedic-udev). udevd is stopped by
 PID at teardown; nothing is installed on the host.
 
 A new tap for a known VM (its domain XML names vnet0 on br0) appears detached: the rule's RUN program

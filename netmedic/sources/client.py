@@ -1,4 +1,4 @@
-"""The client side of the daemon's event socket, for the NetworkManager dispatcher script and the udev
+"""The client side of the daemon's event socket (its server: netmedic.sources.eventsocket), for the NetworkManager dispatcher script and the udev
 RUN program (stdlib only at import time: both must start fast and never hang).
 
 Protocol (the same as netmedic.hooks.notify, which the libvirt hooks use): the daemon listens on a
@@ -21,26 +21,20 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import socket
 
-DEFAULT_SOCKET = "/run/netmedic/netmedic.sock"
-MAX_EVENT_BYTES = 4096
+from netmedic.settings import (
+    DEFAULT_SOCKET,  # noqa: F401  (re-exported)
+    from_environ,
+)
+from netmedic.settings import ENVIRONMENT as SETTINGS
 
-# The same variables and defaults as the CLI and the libvirt hooks (netmedic.hooks.DEFAULTS).
-SETTINGS = {
-    "policy": ("NETMEDIC_POLICY", None),
-    "audit_log": ("NETMEDIC_AUDIT_LOG", "/var/log/netmedic/audit.jsonl"),
-    "state_dir": ("NETMEDIC_STATE_DIR", "/var/lib/netmedic"),
-    "domain_dir": ("NETMEDIC_DOMAIN_XML_DIR", "/run/libvirt/qemu"),
-    "network_dir": ("NETMEDIC_NETWORK_XML_DIR", "/run/libvirt/network"),
-    "socket": ("NETMEDIC_SOCKET", DEFAULT_SOCKET),
-}
+MAX_EVENT_BYTES = 4096
 
 
 def settings(environ=None) -> dict:
-    env = os.environ if environ is None else environ
-    return {key: (env.get(var) or default) for key, (var, default) in SETTINGS.items()}
+    """The NETMEDIC_* settings (netmedic.settings.ENVIRONMENT) of `environ` (default os.environ)."""
+    return from_environ(environ, SETTINGS)
 
 
 def socket_path(environ=None) -> str:
@@ -110,13 +104,11 @@ def fallback_heal(bridges, trigger: str, environ=None, timeout: float = 5.0) -> 
     audit = None
     try:
         from netmedic.audit import Audit
-        from netmedic.engine import Engine
-        from netmedic.policies import config
-        from netmedic.state import State
+        from netmedic.settings import build_engine, load_policy
 
-        policy = config.load(conf["policy"])
+        policy = load_policy(conf["policy"])
         audit = Audit(conf["audit_log"], trigger=trigger)
-        engine = Engine(policy, State(conf["state_dir"]), audit, conf["domain_dir"], conf["network_dir"])
+        engine = build_engine(policy, conf["state_dir"], audit, conf["domain_dir"], conf["network_dir"])
         engine.reconcile(trigger=trigger, bridges=bridges)
         return 0
     except _Timeout:
