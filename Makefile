@@ -4,7 +4,7 @@ PY      ?= .venv/bin/python
 DISTRO_PY ?= /usr/bin/python3
 PYTEST_ARGS ?=
 
-.PHONY: all bootstrap demo test lint test-latest test-distro bench clean
+.PHONY: all bootstrap demo test unit lint test-latest test-distro bench clean
 
 all: test
 
@@ -24,7 +24,13 @@ lint: bootstrap
 	else echo "python3.9 not installed: ruff's target-version py39 checks the syntax"; fi
 
 # The newest PyPI releases (venv), then Debian 12's distro packages (pyroute2 0.7.2, structlog 22.3).
+# tests/unit and tests/integration, both.
 test: lint test-latest test-distro
+
+# tests/unit only: no root, no namespaces, a few seconds (both interpreters; no bootstrap).
+unit:
+	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+	$(DISTRO_PY) -m pytest -q -p no:cacheprovider tests/unit $(PYTEST_ARGS)
 
 test-latest: bootstrap
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -230,7 +230,7 @@ ANALYSIS = """
   lookup: a 1,000-VM host spent seconds per pass. `netmedic/nl/reader.py` now reads links and fdb entries with
   a lean parser on a plain netlink socket (`RawRtnl`: link dumps filtered by master in the kernel, single
   links by name, per-MAC fdb lookups sent 64 per `send()`), tested equal to pyroute2's parse of the same
-  kernel state (tests/test_nl.py). pyroute2 is still used for every write. A no-op full pass at 1,000 VMs
+  kernel state (tests/integration/test_nl.py). pyroute2 is still used for every write. A no-op full pass at 1,000 VMs
   is now below the cost of `bridge -j fdb show`, which has to dump all 50k entries.
 - **Every event-triggered pass used to look at everything.** A pass is now scoped to what the event was
   about: a tap that appeared or a VM MAC that moved → that VM (its taps and fdb entries, the bridge link,

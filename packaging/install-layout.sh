@@ -1,6 +1,6 @@
 #!/bin/sh
 # Installs everything but the Python package into DESTDIR, at the same paths for the .deb and the .rpm
-# (debian/rules and rpm/netmedic.spec both call it; tests/test_packaging.py checks both packages
+# (debian/rules and rpm/netmedic.spec both call it; tests/integration/test_packaging.py checks both packages
 # against one expected layout):
 #
 #   /usr/libexec/netmedic/libvirt-qemu-hook     hooks/scripts/qemu (if present), shebang /usr/bin/python3

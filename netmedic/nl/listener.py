@@ -209,4 +209,4 @@ class Listener:
 
 # --- a lean link dump: pyroute2 parses ~1 ms per link, so a 1,000-VM host (2,000+ links) spent seconds
 # of every reconcile in links(). This reads the same RTM_NEWLINK dump with only the attributes LinkInfo
-# needs; tests/test_nl.py checks it against pyroute2's parse of the same namespace.
+# needs; tests/integration/test_nl.py checks it against pyroute2's parse of the same namespace.

@@ -2,7 +2,7 @@
 
 pyroute2 parses ~1 ms per link, so a 1,000-VM host (2,000+ links) spent seconds of every reconcile in
 links(). This reads the same RTM_NEWLINK dump with only the attributes LinkInfo needs, and fdb entries
-by MAC in batches; tests/test_nl.py checks every parser against pyroute2's parse of the same namespace.
+by MAC in batches; tests/integration/test_nl.py checks every parser against pyroute2's parse of the same namespace.
 """
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ class RawRtnl:
     """A plain rtnetlink socket for the read requests of the hot path, answered with the lean parsers:
     link dumps (optionally filtered kernel-side by master), single links by name or ifindex, and fdb
     lookups by MAC sent in batches (one send() of many requests, one reply each). The results equal
-    pyroute2's parse of the same messages (tests/test_nl.py)."""
+    pyroute2's parse of the same messages (tests/integration/test_nl.py)."""
 
     _BATCH = 64  # requests per send(): their replies (~100 bytes each) stay far below the receive buffer
 

@@ -1,5 +1,5 @@
 """The NetworkManager dispatcher script's and the udev program's decisions, the notify client, and the
-rendered scripts — no NetworkManager needed (tests/test_nm_events.py runs them under the real one)."""
+rendered scripts — no NetworkManager needed (tests/integration/test_nm_events.py runs them under the real one)."""
 from __future__ import annotations
 
 import json

@@ -5,7 +5,7 @@ busybox-static and the kernel's virtio modules, both unpacked from Debian packag
 scripts/libvirt-test-env.sh. Its /init configures eth0 (virtio-net) with 203.0.113.10/24 and pings
 the gateway 203.0.113.1 in a loop, one line per ping on the serial console (a file).
 
-The guest's bridge lives in the namespace of the libvirtd that tests/test_libvirt.py's harness
+The guest's bridge lives in the namespace of the libvirtd that tests/integration/test_libvirt.py's harness
 starts (with netmedic's hooks installed before it starts). Its uplink is a veth to a switch
 namespace whose port sends every broadcast back (tc mirred, as in the platform notes), and the
 switch leads on to a gateway namespace. Without a pin, the guest's first ARP request comes back
@@ -26,9 +26,9 @@ import time
 
 import pytest
 
-from tests import test_libvirt as harness
 from tests.conftest import is_sticky_pin
-from tests.test_libvirt import BRIDGE, TAG, wait_for
+from tests.integration import test_libvirt as harness
+from tests.integration.test_libvirt import BRIDGE, TAG, wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -177,7 +177,7 @@ def _pings(text):
 
 @pytest.fixture(scope="module")
 def lv(tmp_path_factory):
-    """tests/test_libvirt.py's real libvirtd (its own, in a namespace of its own, netmedic's hooks
+    """tests/integration/test_libvirt.py's real libvirtd (its own, in a namespace of its own, netmedic's hooks
     installed before it starts), but waiting for the harness lock FIRST: while another run of the
     libvirt tests holds it, its libvirtd is up and would otherwise make this module skip."""
     if os.geteuid() != 0:

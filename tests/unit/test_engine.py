@@ -4,7 +4,7 @@ FakeHost below is an in-memory stand-in for netmedic.ops.HostOps and netmedic.nl
 link(), fdb_get(), fdb_get_many(), execute()): it records every step the engine executes and applies it to its own
 dicts. It is a fake on purpose: these tests cover what the engine decides (observe vs enforce, dry-run,
 kill switch, scope, bounds, verification and rollback, records, audit), deterministically and without
-root. Whether the steps do the right thing to a real kernel is what tests/test_heal_*.py check, on real
+root. Whether the steps do the right thing to a real kernel is what tests/integration/test_heal_*.py check, on real
 bridges in network namespaces.
 """
 from __future__ import annotations

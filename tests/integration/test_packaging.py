@@ -8,7 +8,7 @@
   the installed libvirt hook is fed a domain XML at each phase and must pin the VM MAC sticky on a tap
   of the test's own, then `apt-get remove` must leave only the admin's files and `apt-get purge`
   nothing. The package is purged at the end even when a step fails.
-- With the package installed again, a libvirtd of the test's own (tests/test_libvirt.py's harness, under
+- With the package installed again, a libvirtd of the test's own (tests/integration/test_libvirt.py's harness, under
   its lock on /etc/libvirt/hooks) starts after the install and `virsh start` must pin through the
   installed hook.
 
@@ -31,9 +31,9 @@ import time
 import pytest
 
 from tests.conftest import is_sticky_pin
-from tests.test_libvirt import Libvirt, _foreign_hooks, _serialize, _why_not, domain_xml
+from tests.integration.test_libvirt import Libvirt, _foreign_hooks, _serialize, _why_not, domain_xml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OUT = os.path.join(ROOT, "build", "packages")
 CLEAN_ENV = {"PATH": "/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "HOME": "/root"}
 APT_ENV = dict(CLEAN_ENV, DEBIAN_FRONTEND="noninteractive")
@@ -314,7 +314,7 @@ def installed_packages():
 
 @pytest.fixture
 def libvirt_turn():
-    """The libvirt tests' lock (tests/test_libvirt.py: an flock on /etc/libvirt/hooks), held while the
+    """The libvirt tests' lock (tests/integration/test_libvirt.py: an flock on /etc/libvirt/hooks), held while the
     package is installed: its hook and a libvirtd of ours never meet another run's libvirt tests."""
     fd = _serialize() if os.path.isdir("/etc/libvirt/hooks") else None
     try:
@@ -519,7 +519,7 @@ def test_deb_install_run_remove_purge(installed_deb):
 
 def test_deb_hook_pins_on_virsh_start(installed_deb, tmp_path):
     """The packaged hook (/usr/bin/python3, the distro's pyroute2, default paths) is in place before
-    a libvirtd of the test's own starts (tests/test_libvirt.py's harness: its own network namespace and
+    a libvirtd of the test's own starts (tests/integration/test_libvirt.py's harness: its own network namespace and
     bridge, libvirt's real /run/libvirt): `virsh start` of a diskless qemu VM returns with the VM MAC
     pinned static sticky on its tap, `virsh destroy` releases it. Then the package is purged."""
     why = _why_not()

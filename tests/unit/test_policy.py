@@ -14,7 +14,7 @@ import pytest
 from netmedic.errors import PolicyError
 from netmedic.policies import INVARIANTS, config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHIPPED = os.path.join(ROOT, "policies", "default.yaml")
 
 
