@@ -4,7 +4,7 @@ PY      ?= .venv/bin/python
 DISTRO_PY ?= /usr/bin/python3
 PYTEST_ARGS ?=
 
-.PHONY: all bootstrap demo test lint test-latest test-distro test-py37 bench clean
+.PHONY: all bootstrap demo test unit lint test-latest test-distro test-py37 bench clean
 
 all: test
 
@@ -26,8 +26,14 @@ lint: bootstrap
 	  else echo "python$$v not installed: ruff's target-version py37 checks the syntax"; fi; done
 
 # The newest PyPI releases (venv), then Debian 12's distro packages (pyroute2 0.7.2, structlog 22.3),
-# then the tests that need no root under Python 3.7 (the oldest supported: docs/install.md).
+# tests/unit and tests/integration both; then the tests that need no root under Python 3.7 (the oldest
+# supported: docs/install.md).
 test: lint test-latest test-distro test-py37
+
+# tests/unit only: no root, no namespaces, a few seconds (both interpreters; no bootstrap).
+unit:
+	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+	$(DISTRO_PY) -m pytest -q -p no:cacheprovider tests/unit $(PYTEST_ARGS)
 
 test-latest: bootstrap
 	$(PY) -m pytest -q $(PYTEST_ARGS)

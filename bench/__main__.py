@@ -22,7 +22,7 @@ import yaml
 from bench import host as hostmod
 from bench import report
 from bench.stats import summary
-from netmedic import labnet
+from netmedic.lab import PROBER, Topology, build_seed_case, tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIGURES = ("reconcile", "events", "protect", "footprint", "scrape", "seed", "hook", "virsh", "firewall")
@@ -183,7 +183,7 @@ def run_storm(topo, h, d, lines, injected, rate, seconds, heal_timeout) -> dict:
     cpu0, t0 = d.stat.cpu(), time.monotonic()
     pacer = subprocess.Popen([sys.executable, "-m", "bench.pace", lines, str(rate), str(seconds)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env())
-    batch = subprocess.Popen([labnet._tool("bridge"), "-n", h.ns, "-force", "-batch", "-"], stdin=pacer.stdout,
+    batch = subprocess.Popen([tool("bridge"), "-n", h.ns, "-force", "-batch", "-"], stdin=pacer.stdout,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     pacer.stdout.close()
     batch.wait(seconds + 120)
@@ -317,24 +317,24 @@ def fig_seed(sc, workdir, seconds) -> dict:
     """The founding case with reflection on: without netmedic (baseline), then with the daemon running
     when the VM starts (tap enslaved + domain XML written), the VM pinging its gateway every 10 ms."""
     out = {}
-    with labnet.Topology("nmbs") as topo:
+    with Topology("nmbs") as topo:
         _seed_baseline(topo, workdir, seconds, out)
-    with labnet.Topology("nmbs") as topo:
+    with Topology("nmbs") as topo:
         _seed_netmedic(topo, workdir, seconds, out)
     return out
 
 
 def _seed_baseline(topo, workdir, seconds, out) -> None:
-    lab = labnet.build_seed_case(topo, os.path.join(workdir, "seed-base"), reflect=True)
+    lab = build_seed_case(topo, os.path.join(workdir, "seed-base"), reflect=True)
     base_n = max(100, int(min(seconds, 5) / 0.01))
-    res = topo.run(lab.vm, sys.executable, "-I", "-S", "-c", labnet._PROBER, lab.gw_ip, str(base_n), "0.05",
+    res = topo.run(lab.vm, sys.executable, "-I", "-S", "-c", PROBER, lab.gw_ip, str(base_n), "0.05",
                    "0.01", timeout=base_n * 0.1 + 30)
     sent, got = (int(x) for x in res.stdout.split())
     out["baseline"] = {"sent": sent, "lost": sent - got}
 
 
 def _seed_netmedic(topo, workdir, seconds, out) -> None:
-    lab = labnet.build_seed_case(topo, os.path.join(workdir, "seed-nm"), reflect=True)
+    lab = build_seed_case(topo, os.path.join(workdir, "seed-nm"), reflect=True)
     xml = os.path.join(lab.domain_xml_dir, f"{lab.domain}.xml")
     saved = os.path.join(workdir, "seedvm.xml")
     shutil.move(xml, saved)  # the VM is not running yet: no run-state XML, tap not a port
@@ -355,7 +355,7 @@ def _seed_netmedic(topo, workdir, seconds, out) -> None:
             time.sleep(0.01)
         out["pinned_after_s"] = time.monotonic() - t0
         n = int(seconds / 0.01)
-        res = topo.run(lab.vm, sys.executable, "-I", "-S", "-c", labnet._PROBER, lab.gw_ip, str(n), "0.2",
+        res = topo.run(lab.vm, sys.executable, "-I", "-S", "-c", PROBER, lab.gw_ip, str(n), "0.2",
                        "0.01", timeout=n * 0.05 + 60)
         sent, got = (int(x) for x in res.stdout.split())
         out["netmedic"] = {"sent": sent, "lost": sent - got, "seconds": seconds,
@@ -454,7 +454,7 @@ def main(argv=None) -> int:
     results: dict = {"machine": machine(), "quick": args.quick, "scale": sc, "only": only}
     t_start = time.monotonic()
     workdir = tempfile.mkdtemp(prefix="netmedic-bench-")
-    topo = labnet.Topology("nmb")
+    topo = Topology("nmb")
     try:
         policy = bench_policy(os.path.join(workdir, "policy.yaml"), workdir)
         need_host = set(only) & {"reconcile", "events", "protect", "footprint", "scrape"}

@@ -140,9 +140,7 @@ def _undo(kind, cfg) -> None:
 
 def _noop_pass(cfg) -> dict:
     from netmedic import firewall
-    from netmedic.engine import Engine
-    from netmedic.policies import config
-    from netmedic.state import State
+    from netmedic.settings import build_engine, load_policy
 
     lines = ["table inet bench5k {", " chain forward {", "  type filter hook forward priority 5; policy accept;"]
     for i in range(cfg["rules"]):
@@ -152,8 +150,8 @@ def _noop_pass(cfg) -> dict:
     with open(path, "w") as fh:
         fh.write("\n".join(lines) + "\n")
     subprocess.run(["nft", "-f", path], check=True)
-    policy = config.load(cfg["policy"])
-    engine = Engine(policy, State(cfg["state_dir"] + "-noop"), None, cfg["domain_dir"], cfg["network_dir"])
+    engine = build_engine(load_policy(cfg["policy"]), cfg["state_dir"] + "-noop", None, cfg["domain_dir"],
+                          cfg["network_dir"])
     engine.reconcile(trigger="warm-up", bridges=[cfg["bridge"]])
     out = {"unchanged": [], "read": [], "violations": []}
     for _ in range(cfg["repeat"]):
@@ -197,7 +195,7 @@ def worker(cfg: dict) -> dict:
 def fig_firewall(topo, sc: dict, workdir: str, policy: str) -> dict:
     import yaml
 
-    from netmedic import labnet
+    from netmedic import lab as netlab
 
     host, vm = topo.netns("fwh"), topo.netns("fwv")
     topo.bridge(host, "virbr1")
@@ -211,9 +209,9 @@ def fig_firewall(topo, sc: dict, workdir: str, policy: str) -> dict:
     doms, nets = os.path.join(d, "domains"), os.path.join(d, "networks")
     os.makedirs(doms)
     os.makedirs(nets)
-    labnet.write_network_xml(nets, "nat1", "virbr1", forward_mode="nat", ip="203.0.113.1",
+    netlab.write_network_xml(nets, "nat1", "virbr1", forward_mode="nat", ip="203.0.113.1",
                              netmask="255.255.255.0", forward_dev="eth1")
-    labnet.write_domain_xml(doms, "fwvm", [{"mac": "52:54:00:00:01:01", "network": "nat1", "bridge": "virbr1",
+    netlab.write_domain_xml(doms, "fwvm", [{"mac": "52:54:00:00:01:01", "network": "nat1", "bridge": "virbr1",
                                            "tap": "vnet0"}])
     with open(policy) as fh:
         data = yaml.safe_load(fh)

@@ -180,7 +180,7 @@ def render(r: dict) -> str:
         "- **the machine is shared with other engineers' test runs**: absolute timings are noisy. That is why "
         "every figure with a baseline is given as a ratio against that baseline, measured interleaved with it "
         "in the same run (round by round), and why each is the median of repeated rounds with min–max.",
-        "- everything runs as root in network namespaces the run creates and deletes (labnet.Topology), "
+        "- everything runs as root in network namespaces the run creates and deletes (netmedic.lab.Topology), "
         "addresses only in 198.51.100.0/24 and 203.0.113.0/24; the root namespace's interfaces are never "
         "touched. The daemon and the benchmark's policy are the shipped defaults except the healing rate "
         "limits and breaker, lifted because the benchmark heals the same subjects many times a minute on "
@@ -220,7 +220,7 @@ ANALYSIS = """
   before the tap appears. (With libvirt the qemu hook pins at `start begin`, before the guest runs, and
   libvirt writes the status XML after that; this figure is the daemon's own path.) The first VM goes on
   a bridge with no VM yet, which the daemon learns of from that VM's XML.
-- **Seed case**: labnet's seed topology (tc mirred reflection on the switch port); baseline: the same
+- **Seed case**: netmedic.lab's seed topology (tc mirred reflection on the switch port); baseline: the same
   topology without netmedic. With netmedic: the daemon runs, then the "VM starts" (domain XML written,
   tap enslaved), the pin is awaited, then the VM pings its gateway every 10 ms.
 - **Footprint**: /proc/PID/status VmRSS and utime+stime of the daemon process; idle: three windows of
@@ -260,10 +260,10 @@ ANALYSIS = """
 ## What limits the figures, and what was done (profiled with cProfile/pyinstrument)
 
 - **Observation used to be pyroute2 parsing.** pyroute2 decodes ~1 ms per link and ~0.6 ms per fdb
-  lookup: a 1,000-VM host spent seconds per pass. `netmedic/nl.py` now reads links and fdb entries with
+  lookup: a 1,000-VM host spent seconds per pass. `netmedic/nl/reader.py` now reads links and fdb entries with
   a lean parser on a plain netlink socket (`RawRtnl`: link dumps filtered by master in the kernel, single
   links by name, per-MAC fdb lookups sent 64 per `send()`), tested equal to pyroute2's parse of the same
-  kernel state (tests/test_nl.py). pyroute2 is still used for every write. A no-op full pass at 1,000 VMs
+  kernel state (tests/integration/test_nl.py). pyroute2 is still used for every write. A no-op full pass at 1,000 VMs
   is now below the cost of `bridge -j fdb show`, which has to dump all 50k entries.
 - **Every event-triggered pass used to look at everything.** A pass is now scoped to what the event was
   about: a tap that appeared or a VM MAC that moved → that VM (its taps and fdb entries, the bridge link,

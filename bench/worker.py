@@ -35,18 +35,16 @@ def _children_cpu() -> float:
 # --- figure 1: full reconcile ------------------------------------------------------------------------
 def reconcile(cfg: dict) -> dict:
     from netmedic.audit import Audit
-    from netmedic.engine import Engine
-    from netmedic.policies import config
-    from netmedic.state import State
+    from netmedic.settings import build_engine, load_policy
 
     bridges = cfg["bridges"]
     entries = 0
     for br in bridges:
         out = subprocess.run(["bridge", "-j", "fdb", "show", "br", br], capture_output=True, check=True).stdout
         entries += len(json.loads(out or b"[]"))
-    policy = config.load(cfg["policy"])
+    policy = load_policy(cfg["policy"])
     audit = Audit(cfg["audit_log"], trigger="bench")
-    engine = Engine(policy, State(cfg["state_dir"]), audit, cfg["domain_dir"], cfg["network_dir"])
+    engine = build_engine(policy, cfg["state_dir"], audit, cfg["domain_dir"], cfg["network_dir"])
     cmd = [sys.executable, "-m", "netmedic", "heal", "--domain-xml-dir", cfg["domain_dir"],
            "--network-xml-dir", cfg["network_dir"], "--policy", cfg["policy"], "--audit-log",
            cfg["audit_log"], "--state-dir", cfg["state_dir"]]
@@ -229,7 +227,7 @@ def _ip_batch(lines) -> None:
 
 
 def protect(cfg: dict) -> dict:
-    from netmedic import labnet
+    from netmedic.lab import tap_mac_for, write_domain_xml
 
     br = cfg["bridge"]
     watch = _Watch()
@@ -237,8 +235,8 @@ def protect(cfg: dict) -> dict:
     try:
         for i in range(cfg["repeat"]):
             tap, mac = f"pt{i}", cfg["macs"][i]
-            labnet.write_domain_xml(cfg["domain_dir"], f"pvm{i}", [{"mac": mac, "bridge": br, "tap": tap}])
-            _ip_batch([f"link add name {tap} address {labnet.tap_mac_for(mac)} type veth peer name {tap}p",
+            write_domain_xml(cfg["domain_dir"], f"pvm{i}", [{"mac": mac, "bridge": br, "tap": tap}])
+            _ip_batch([f"link add name {tap} address {tap_mac_for(mac)} type veth peer name {tap}p",
                        f"link set {tap}p up", f"link set {tap} master {br}", f"link set {tap} up"])
             br_index = _ifindex(br)
             t_tap = watch.wait(lambda ev, t=tap, b=br_index: ev.kind == "link" and ev.name == t

@@ -70,17 +70,16 @@ class Hook:
 
     def policy(self):
         if self._policy is None:
-            from netmedic.policies import config
+            from netmedic.settings import load_policy
 
-            self._policy = config.load(self.cfg["policy"])
+            self._policy = load_policy(self.cfg["policy"])
         return self._policy
 
     def engine(self, extra_domains=()):
-        from netmedic.engine import Engine
-        from netmedic.state import State
+        from netmedic.settings import build_engine
 
-        eng = Engine(self.policy(), State(self.cfg["state_dir"]), self.audit(), self.cfg["domain_dir"],
-                     self.cfg["network_dir"])
+        eng = build_engine(self.policy(), self.cfg["state_dir"], self.audit(), self.cfg["domain_dir"],
+                           self.cfg["network_dir"])
         eng.extra_domains = list(extra_domains)
         self.engines.append(eng)
         return eng

@@ -14,7 +14,7 @@ import uuid
 
 import structlog
 
-DEFAULT_AUDIT_LOG = "/var/log/netmedic/audit.jsonl"
+from netmedic.settings import DEFAULT_AUDIT_LOG
 
 
 class _LineWriter:

@@ -19,11 +19,17 @@ import sys
 
 from netmedic import __version__
 from netmedic.errors import NetmedicError
+from netmedic.settings import (
+    DEFAULT_AUDIT_LOG,
+    DEFAULT_DOMAIN_DIR,
+    DEFAULT_LEASES_DIR,
+    DEFAULT_NETWORK_DIR,
+    DEFAULT_POLICY_PATH,
+    DEFAULT_SOCKET,
+    DEFAULT_STATE_DIR,
+)
 
 EXIT_OK, EXIT_VIOLATIONS, EXIT_ERROR = 0, 1, 2
-DEFAULT_DOMAIN_DIR = "/run/libvirt/qemu"
-DEFAULT_NETWORK_DIR = "/run/libvirt/network"
-DEFAULT_SOCKET = "/run/netmedic/netmedic.sock"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -31,12 +37,12 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help=f"libvirt run-state domain XML (default {DEFAULT_DOMAIN_DIR})")
     p.add_argument("--network-xml-dir", default=DEFAULT_NETWORK_DIR, metavar="DIR",
                    help=f"libvirt run-state network XML (default {DEFAULT_NETWORK_DIR})")
-    p.add_argument("--policy", metavar="FILE", help="policy file (default /etc/netmedic/policy.yaml, "
+    p.add_argument("--policy", metavar="FILE", help=f"policy file (default {DEFAULT_POLICY_PATH}, "
                    "else the shipped defaults)")
     p.add_argument("--audit-log", metavar="FILE", default=None,
-                   help="audit log, JSON lines (default /var/log/netmedic/audit.jsonl; - for stdout)")
+                   help=f"audit log, JSON lines (default {DEFAULT_AUDIT_LOG}; - for stdout)")
     p.add_argument("--state-dir", metavar="DIR", default=None,
-                   help="netmedic's records and bounds (default /var/lib/netmedic)")
+                   help=f"netmedic's records and bounds (default {DEFAULT_STATE_DIR})")
     p.add_argument("--mode", choices=("observe", "enforce"), help="override the mode of every invariant")
 
 
@@ -86,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable report (docs/diagnose.md)")
     p.add_argument("--probe", action="store_true", help="also send an ARP probe and capture on the uplink")
     p.add_argument("--probe-seconds", type=float, default=1.5, metavar="S", help="capture time (default 1.5)")
-    p.add_argument("--leases-dir", default="/var/lib/libvirt/dnsmasq", metavar="DIR",
-                   help="libvirt's dnsmasq lease files, *.status (default /var/lib/libvirt/dnsmasq)")
+    p.add_argument("--leases-dir", default=DEFAULT_LEASES_DIR, metavar="DIR",
+                   help=f"libvirt's dnsmasq lease files, *.status (default {DEFAULT_LEASES_DIR})")
 
     p = sub.add_parser("lab", help="build a real fault scenario in namespaces of its own and heal it")
     p.add_argument("scenario", nargs="?", default="seed", help="scenario (default: seed); `list` lists them")
@@ -102,17 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _policy(args):
-    from netmedic.policies import config
+    from netmedic.settings import load_policy
 
-    return config.load(args.policy).with_mode(args.mode)
+    return load_policy(args.policy, args.mode)
 
 
 def _engine(args, policy, audit, dry_run=False):
-    from netmedic.engine import Engine
-    from netmedic.state import DEFAULT_STATE_DIR, State
+    from netmedic.settings import build_engine
 
-    return Engine(policy, State(args.state_dir or DEFAULT_STATE_DIR), audit, args.domain_xml_dir,
-                  args.network_xml_dir, dry_run=dry_run)
+    return build_engine(policy, args.state_dir, audit, args.domain_xml_dir, args.network_xml_dir,
+                        dry_run=dry_run)
 
 
 def _audit(args, trigger):
@@ -229,9 +234,9 @@ def cmd_lab(args) -> int:
 
 
 def cmd_policy(args) -> int:
-    from netmedic.policies import config
+    from netmedic.settings import load_policy
 
-    policy = config.load(args.file)
+    policy = load_policy(args.file)
     modes = ", ".join(f"{n}={'off' if not p.enabled else p.mode}" for n, p in policy.invariants.items())
     print(f"{args.file}: OK ({modes})")
     return EXIT_OK

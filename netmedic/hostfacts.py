@@ -15,8 +15,7 @@ from typing import Optional
 
 from netmedic import ops
 from netmedic.facts import Dnsmasq, NatRule, masquerades  # noqa: F401  (re-exported)
-
-DEFAULT_LEASES_DIR = "/var/lib/libvirt/dnsmasq"
+from netmedic.settings import DEFAULT_LEASES_DIR
 
 
 def _net(text: str) -> Optional[str]:

@@ -16,7 +16,7 @@ import json
 import os
 from typing import Optional
 
-DEFAULT_STATE_DIR = "/var/lib/netmedic"
+from netmedic.settings import DEFAULT_STATE_DIR
 
 
 class State:

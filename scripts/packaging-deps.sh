@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs, idempotently, what `make deb` and `make rpm` (and tests/test_packaging.py) need on Debian 12:
+# Installs, idempotently, what `make deb` and `make rpm` (and tests/integration/test_packaging.py) need on Debian 12:
 #  - the .deb: dpkg-dev, debhelper (compat 13), dh-python with its pyproject plugin (pybuild drives
 #    setuptools' PEP 517 backend: netmedic has no setup.py), python3-all, python3-setuptools, fakeroot;
 #  - the .rpm: rpm (Debian's rpm package ships rpmbuild);
