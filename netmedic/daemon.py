@@ -25,6 +25,7 @@ import signal
 import socket
 import struct
 import time
+import traceback
 from typing import Optional
 
 from netmedic import inventory, nl
@@ -80,6 +81,99 @@ def _remove_stale_replies(directory: str) -> None:
 
 
 MAX_DATAGRAM = 256 * 1024  # a hook's request carries the domain XML
+FAULT_BACKOFF_MAX = 60.0  # seconds: the longest wait before retrying what raised
+LAST_GOOD_POLICY = "policy.last-good.yaml"  # in the state directory
+
+
+class SdNotify:
+    """systemd's service notifications (READY=1, WATCHDOG=1, RELOADING=1, STOPPING=1, STATUS=...):
+    python3-systemd's notify() where it is installed, else the plain datagram to $NOTIFY_SOCKET (a
+    path, or an abstract socket written '@name'). Nothing at all when not run by systemd."""
+
+    def __init__(self, environ=None):
+        env = os.environ if environ is None else environ
+        self.address = env.get("NOTIFY_SOCKET") or None
+        self.watchdog: Optional[float] = None  # seconds between pings (half of WatchdogSec)
+        usec, pid = env.get("WATCHDOG_USEC"), env.get("WATCHDOG_PID")
+        if usec and (not pid or pid == str(os.getpid())):
+            try:
+                self.watchdog = max(0.05, int(usec) / 2e6)
+            except ValueError:
+                pass
+        self._lib = None
+        if self.address is not None:
+            try:
+                from systemd import daemon as sd_daemon  # python3-systemd
+
+                self._lib = sd_daemon.notify
+            except Exception:  # noqa: BLE001 - absent or broken: the plain datagram does the same
+                self._lib = None
+        self.error: Optional[str] = None
+
+    def notify(self, text: str) -> bool:
+        if self.address is None:
+            return False
+        try:
+            if self._lib is not None:
+                return bool(self._lib(text))
+            addr = self.address
+            if addr.startswith("@"):
+                addr = "\0" + addr[1:]
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.sendto(text.encode("utf-8"), addr)
+            return True
+        except Exception as exc:  # noqa: BLE001 - a notification never stops the daemon
+            self.error = str(exc)
+            return False
+
+
+def load_daemon_policy(path: Optional[str], mode: Optional[str], state_dir: Optional[str]):
+    """The policy the daemon starts with: the file, else (it cannot be read or is refused: the admin
+    must fix it, restarting would not help) the last good policy saved in the state directory, else
+    the shipped default. Returns (policy, problem or None)."""
+    try:
+        policy = config.load(path).with_mode(mode)
+    except (NetmedicError, RecursionError, MemoryError, ValueError) as exc:
+        problem = f"{type(exc).__name__}: {exc}" if not isinstance(exc, NetmedicError) else str(exc)
+    else:
+        save_last_good(policy, state_dir)
+        return policy, None
+    last = os.path.join(state_dir, LAST_GOOD_POLICY) if state_dir else None
+    if last and os.path.isfile(last):
+        try:
+            return config.load(last).with_mode(mode), problem
+        except (NetmedicError, RecursionError, MemoryError, ValueError):
+            pass
+    return config.load(config.SHIPPED_DEFAULT).with_mode(mode), problem
+
+
+def save_last_good(policy, state_dir: Optional[str]) -> None:
+    """Keep a copy of a policy that loaded, for a start-up when the file has gone bad."""
+    src = getattr(policy, "source", None)
+    if not state_dir or not src or not os.path.isfile(src) or src == config.SHIPPED_DEFAULT:
+        return
+    dst = os.path.join(state_dir, LAST_GOOD_POLICY)
+    if os.path.abspath(src) == os.path.abspath(dst):
+        return
+    tmp = f"{dst}.{os.getpid()}.tmp"
+    try:
+        with open(src, "rb") as fh:
+            data = fh.read(1 << 20)
+        try:
+            with open(dst, "rb") as fh:
+                if fh.read(1 << 20) == data:
+                    return
+        except OSError:
+            pass
+        os.makedirs(state_dir, mode=0o750, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, dst)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 class EventSocket:
@@ -252,6 +346,18 @@ class Daemon:
         self.listener = None
         self.dispatcher.refresh_inventory = self._refresh_inventory
         self._links_complete = False  # the dispatcher's ifindex maps hold every link (a full pass ran)
+        # Anything that raised where nothing should (a bug, a malformed input no check caught): component
+        # -> {count, active, error, where, first, last}; audited with its traceback once per kind.
+        self.faults: dict = {}
+        self._fault_seen: set = set()
+        self.policy_problem: Optional[str] = None  # the policy file was refused: what runs instead
+        self.dir_problems: list = []  # run-state XML directories missing or not directories
+        self.notifier = SdNotify()
+        self._next_ping = 0.0
+        self._listener_retry: Optional[float] = None
+        state = getattr(engine, "state", None)
+        if state is not None and getattr(state, "report", None) is None:
+            state.report = self._audit  # a malformed state file moved aside, the state unwritable
 
     # --- sources and status ----------------------------------------------------------------------
     def add_source(self, source) -> None:
@@ -266,6 +372,50 @@ class Daemon:
         """A source connected, disconnected, degraded: audit it and show it in the status."""
         self._audit("source_state", source=name, state=state, **fields)
         self.note_event(name, state + (f": {fields['error']}" if fields.get("error") else ""))
+
+    def fault(self, component: str, exc: BaseException) -> float:
+        """Something raised that should not have: audit it with its traceback (once per kind), count it,
+        show the daemon degraded; returns how long to wait before retrying it (doubling, capped)."""
+        where = _where(exc)
+        f = self.faults.setdefault(component, {"count": 0, "active": 0, "first": _iso(time.time())})
+        f["count"] += 1
+        f["active"] += 1
+        f.update(error=f"{type(exc).__name__}: {str(exc)[:300]}", where=where, last=_iso(time.time()))
+        sig = (component, type(exc).__name__, where)
+        try:
+            if sig not in self._fault_seen:
+                self._fault_seen.add(sig)
+                tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+                self._audit("internal_error", component=component, error=f["error"], where=where,
+                            traceback=tb[-8000:], level="alert",
+                            reason="caught: the daemon goes on and retries with backoff")
+        except Exception:  # noqa: BLE001 - reporting must not raise in turn
+            pass
+        self._status_dirty = True
+        return min(FAULT_BACKOFF_MAX, 2.0 ** (f["active"] - 1))
+
+    def recovered(self, component: str) -> None:
+        f = self.faults.get(component)
+        if f and f["active"]:
+            self._audit("recovered", component=component, failures=f["active"], error=f.get("error"))
+            f["active"] = 0
+            self._status_dirty = True
+
+    def health(self) -> dict:
+        """`ok`, or `degraded` with why: faults not yet recovered, the audit log or the state that cannot
+        be written, a refused policy, missing run-state directories."""
+        why = [f"{c}: {f['error']} ({f['active']}x)" for c, f in sorted(self.faults.items()) if f["active"]]
+        audit = getattr(self.engine, "audit", None)
+        if audit is not None and getattr(audit, "degraded", None):
+            why.append(f"audit log: {audit.degraded} (writing to stderr)")
+        state_error = getattr(getattr(self.engine, "state", None), "save_error", None)
+        if state_error:
+            why.append(f"state: {state_error} (records kept in memory)")
+        if self.policy_problem:
+            why.append(f"policy: {self.policy_problem}")
+        why += [f"xml dir: {p}" for p in self.dir_problems]
+        return {"state": "degraded" if why else "ok", "why": why,
+                "faults": {c: dict(f) for c, f in self.faults.items()}}
 
     def handle_request(self, event: dict) -> dict:
         """Do a libvirt hook's phase in the daemon (the hook waits): `prepare` (the duplicate-MAC
@@ -383,7 +533,7 @@ class Daemon:
                                "network_dir": self.engine.network_dir}
         return {"pid": os.getpid(), "started": _iso(self.started), "updated": _iso(time.time()),
                 "dry_run": self.engine.dry_run, "policy": getattr(self.engine.policy, "source", None),
-                "resync_interval": self.resync_interval, "sources": sources,
+                "resync_interval": self.resync_interval, "sources": sources, "health": self.health(),
                 "last_events": list(self.last_events), "last_heals": list(self.last_heals)}
 
     def write_status(self, force: bool = False, final: bool = False) -> None:
@@ -402,7 +552,11 @@ class Daemon:
             with open(tmp, "w", encoding="utf-8") as fh:
                 json.dump(data, fh, indent=1, default=str)
             os.replace(tmp, path)
-        except OSError:
+        except (OSError, ValueError, TypeError):
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
             return
         self._status_dirty, self._status_written = False, now
 
@@ -422,14 +576,25 @@ class Daemon:
         self.engine._audit(event, **fields)
 
     def _reload_policy(self) -> None:
+        self.notifier.notify("RELOADING=1")
         try:
-            policy = config.load(self.policy_path).with_mode(self.mode)
-        except NetmedicError as exc:
-            self._audit("policy_rejected", error=str(exc), reason="keeping the last good policy", level="alert")
-            return
-        self.engine.policy = policy
-        self._audit("policy_loaded", source=policy.source)
-        self.dispatcher.submit(None, "policy reloaded")
+            try:
+                policy = config.load(self.policy_path).with_mode(self.mode)
+            except (NetmedicError, RecursionError, MemoryError, ValueError) as exc:
+                error = str(exc) if isinstance(exc, NetmedicError) else f"{type(exc).__name__}: {exc}"
+                self.policy_problem = f"{error[:300]} (running: {getattr(self.engine.policy, 'source', None)})"
+                self._audit("policy_rejected", error=error[:2000], reason="keeping the last good policy",
+                            running=getattr(self.engine.policy, "source", None), level="alert")
+                self._status_dirty = True
+                return
+            self.engine.policy = policy
+            self.policy_problem = None
+            save_last_good(policy, getattr(self.engine.state, "directory", None))
+            self._audit("policy_loaded", source=policy.source)
+            self.dispatcher.submit(None, "policy reloaded")
+            self._status_dirty = True
+        finally:
+            self.notifier.notify("READY=1")
 
     def _inventory_changed(self) -> bool:
         sig = []
@@ -447,13 +612,19 @@ class Daemon:
     def reconcile(self, bridges, trigger: str, domains=None):
         """One engine pass (bridges None: everything; domains: bridge -> VMs it is narrowed to); returns
         its Report (None when it failed)."""
-        self.engine.extra_domains = self._extra_domains()
         report = None
         try:
+            self.engine.extra_domains = self._extra_domains()
             report = self.engine.reconcile(trigger=trigger, bridges=bridges, domains=domains)
         except NetmedicError as exc:
             self._audit("error", error=f"reconcile failed: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a bug in a pass must not stop the daemon
+            delay = self.fault("reconcile", exc)
+            at = time.monotonic() + delay
+            self.retry_at = at if self.retry_at is None else min(self.retry_at, at)
+            return None
         else:
+            self.recovered("reconcile")
             self._status_dirty = True
             acted = [o for o in report.outcomes if o.result in ("healed", "rolled_back", "failed")]
             if acted or report.released:
@@ -506,12 +677,83 @@ class Daemon:
         else:
             self.stopping = True
 
+    def _guarded(self, component: str, fn, *args, **kw):
+        """Run one piece of the loop's work; what it raises is a fault of that component (audited once,
+        counted, degraded), never the daemon's end: the rest of the loop goes on."""
+        try:
+            result = fn(*args, **kw)
+        except Exception as exc:  # noqa: BLE001
+            self.fault(component, exc)
+            return None
+        self.recovered(component)
+        return result
+
+    def _open_listener(self):
+        """The netlink listener; when it cannot be opened (or broke), a stand-in that is never readable,
+        and another try after a backoff."""
+        try:
+            listener = self.listener_factory()
+        except Exception as exc:  # noqa: BLE001
+            delay = self.fault("netlink", exc)
+            from netmedic.sources import NullListener
+
+            listener = NullListener()
+            self._listener_retry = time.monotonic() + delay
+            self.source_state["netlink"] = {"state": "error", "error": str(exc)[:300]}
+        else:
+            self._listener_retry = None
+            self.source_state["netlink"] = {"state": "listening", "since": _iso(time.time()),
+                                            "overflows": self.source_state.get("netlink", {}).get("overflows", 0)}
+        self.listener = listener
+        return listener
+
+    def _reopen_listener(self, old, delay: float = 0.0):
+        """A new listener for a broken one: at once the first time, after `delay` when it keeps
+        breaking (a stand-in that is never readable until then)."""
+        try:
+            old.close()
+        except Exception:  # noqa: BLE001
+            pass
+        self._links_complete = False
+        if delay > 1.0:
+            from netmedic.sources import NullListener
+
+            self.listener = listener = NullListener()
+            self._listener_retry = time.monotonic() + delay
+            self.source_state["netlink"]["state"] = "error"
+            return listener
+        listener = self._open_listener()
+        self.dispatcher.submit(None, "netlink listener reopened")
+        return listener
+
+    def _ping(self, now: float) -> float:
+        """WATCHDOG=1 from the main loop (a hung loop stops pinging: systemd restarts the daemon);
+        returns the seconds until the next ping is due."""
+        if self.notifier.watchdog is None:
+            return 3600.0
+        if now >= self._next_ping:
+            self.notifier.notify("WATCHDOG=1")
+            self._next_ping = now + self.notifier.watchdog
+            audit = getattr(self.engine, "audit", None)
+            if audit is not None and hasattr(audit, "flush"):
+                audit.flush()  # an audit log that was full catches up with no new event
+        return self._next_ping - now
+
+    def _check_dirs(self) -> None:
+        problems = inventory.dir_problems(self.engine.domain_dir, self.engine.network_dir)
+        if problems != self.dir_problems:
+            if problems:
+                self._audit("input_warning", errors=problems, level="warning",
+                            reason="run-state XML directory missing or not a directory: looking again every second")
+            self.dir_problems = problems
+            self._status_dirty = True
+
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
-        listener = self.listener = self.listener_factory()
-        self.source_state["netlink"] = {"state": "listening", "since": _iso(time.time()), "overflows": 0}
-        self._start_sources()
+        listener = self._open_listener()
+        self._guarded("sources", self._start_sources)
+        self._check_dirs()
         self._audit("daemon_started", resync_interval=self.resync_interval, dry_run=self.engine.dry_run,
                     sources={s.name: s.status().get("state") for s in self.sources})
         self._inventory_changed()
@@ -519,6 +761,8 @@ class Daemon:
             self._poll_source(src, time.monotonic())
         self.reconcile(None, "startup")
         self.write_status(force=True)
+        self.notifier.notify(f"READY=1\nSTATUS=watching; health {self.health()['state']}\nMAINPID={os.getpid()}")
+        self._ping(time.monotonic())
         next_resync = time.monotonic() + self.resync_interval
         next_poll = time.monotonic() + 1.0
         try:
@@ -530,6 +774,12 @@ class Daemon:
                     wait = min(wait, pending)
                 if self._status_dirty and self.socket_path:  # keep `netmedic status` within ~0.5 s
                     wait = min(wait, self._status_written + 0.5 - time.monotonic())
+                wait = min(wait, self._ping(now))
+                if self._listener_retry is not None:
+                    if now >= self._listener_retry:
+                        listener = self._reopen_listener(listener)
+                    else:
+                        wait = min(wait, self._listener_retry - now)
                 watched = [listener]
                 for src in self.sources:
                     due = self._source_due.get(id(src))
@@ -543,7 +793,13 @@ class Daemon:
                     readable = []
                 for src in readable:
                     if src is listener:
-                        self._drain(listener)
+                        try:
+                            self._drain(listener)
+                        except Exception as exc:  # noqa: BLE001 - a broken socket: a new one, a full resync
+                            delay = self.fault("netlink", exc)
+                            listener = self._reopen_listener(listener, delay)
+                        else:
+                            self.recovered("netlink")
                     else:
                         try:
                             src.on_readable(self)
@@ -566,21 +822,29 @@ class Daemon:
                     if mtime != self._policy_mtime:
                         self._policy_mtime = mtime
                         self._reload_policy()
+                    self._check_dirs()
                     if self._inventory_changed():
-                        self._submit_inventory_changes()
+                        self._guarded("inventory", self._submit_inventory_changes)
                 if self.retry_at is not None and now >= self.retry_at:
                     self.retry_at = None
                     self.dispatcher.submit(None, "retry after backoff")
                 if now >= next_resync:
-                    self.dispatcher.take()
+                    self._guarded("dispatcher", self.dispatcher.take)
                     self.reconcile(None, "resync")
                     next_resync = time.monotonic() + self.resync_interval
-                elif self.dispatcher.due():
-                    bridges, domains, reasons = self.dispatcher.take_scoped()
-                    self.reconcile(bridges, "event: " + "; ".join(reasons[:3]), domains=domains)
+                elif self._guarded("dispatcher", self.dispatcher.due):
+                    taken = self._guarded("dispatcher", self.dispatcher.take_scoped)
+                    if taken is not None:
+                        bridges, domains, reasons = taken
+                        self.reconcile(bridges, "event: " + "; ".join(reasons[:3]), domains=domains)
                 self.write_status()
         finally:
-            listener.close()
+            self.notifier.notify("STOPPING=1")
+            listener = self.listener or listener
+            try:
+                listener.close()
+            except Exception:  # noqa: BLE001
+                pass
             self.write_status(force=True, final=True)
             for src in self.sources:
                 try:
@@ -664,7 +928,12 @@ def render_status(status: dict, path: str) -> str:
     state = "running" if status.get("running") else ("stopped " + status.get("stopped", "")).strip()
     lines = [f"netmedic daemon: {state} (pid {status.get('pid')}, since {status.get('started')}; "
              f"status {path}, updated {status.get('updated')})",
-             f"policy: {status.get('policy')}" + ("  [dry-run]" if status.get("dry_run") else ""), "", "sources:"]
+             f"policy: {status.get('policy')}" + ("  [dry-run]" if status.get("dry_run") else "")]
+    health = status.get("health") if isinstance(status.get("health"), dict) else {}
+    if health:
+        lines.append(f"health: {health.get('state', '?')}")
+        lines += [f"  {w}" for w in (health.get("why") or [])[:10]]
+    lines += ["", "sources:"]
     for name, src in sorted((status.get("sources") or {}).items()):
         detail = ", ".join(f"{k}={v}" for k, v in src.items() if k != "state" and v not in (None, [], ""))
         lines.append(f"  {name:<10} {src.get('state', '?'):<13} {detail}")
