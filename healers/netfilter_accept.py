@@ -4,7 +4,7 @@ edits or removes any other rule. Observe-only by default (firewall changes are t
 from __future__ import annotations
 
 from netmedic.model import Plan, Step
-from netmedic.ops import bridge_accept_rule
+from netmedic.ops import bridge_accept_rule, unsafe_ifname
 
 NAME = "netfilter_accept"
 HANDLES = ("bridge_netfilter",)
@@ -13,6 +13,9 @@ HANDLES = ("bridge_netfilter",)
 def plan(violation, snapshot, options):
     bridge = violation.subject.bridge
     backend = violation.evidence["backend"]
+    why = unsafe_ifname(bridge)
+    if why:
+        return None, why
     rule = bridge_accept_rule(bridge)
     step = Step("iptables", {"backend": backend, "args": ["-I", "FORWARD", "1", *rule]},
                 f"iptables ({backend}) -I FORWARD 1 {' '.join(rule)}",

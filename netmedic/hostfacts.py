@@ -33,7 +33,9 @@ class Dnsmasq:
     pid_file: str
     pid: Optional[int]  # from the pid file; None when there is no (readable) pid file
     alive: bool  # a dnsmasq process with that pid exists ...
-    same_netns: bool  # ... and runs in this network namespace
+    # ... and runs in this network namespace: None when that cannot be known (under the unit's
+    # capabilities /proc/PID/ns/net of another user's process is EACCES: unknown, not a violation)
+    same_netns: Optional[bool]
     cmdline: str = ""
 
 
@@ -154,7 +156,10 @@ def read_dnsmasq(network: str, pid_dir: str) -> Dnsmasq:
     except OSError:
         return Dnsmasq(network, pid_file, pid, False, False)
     alive = comm == "dnsmasq"
-    same = alive and _netns_inode(str(pid)) == _netns_inode("self")
+    same: Optional[bool] = False
+    if alive:
+        theirs, mine = _netns_inode(str(pid)), _netns_inode("self")
+        same = None if theirs is None or mine is None else theirs == mine
     return Dnsmasq(network, pid_file, pid, alive, same, cmdline[:300])
 
 

@@ -13,7 +13,7 @@ import subprocess
 from typing import Optional
 
 from netmedic import nl
-from netmedic.errors import DependencyError, HostError
+from netmedic.errors import DependencyError, HostError, InputError
 from netmedic.model import Step
 
 PROC_SYS = "/proc/sys"
@@ -94,6 +94,22 @@ def read_forward_chains() -> list:
     return chains
 
 
+PATTERN_CHARS = "+*?[]!\\"  # what iptables (a trailing +) or nft (*, ?, [...], \\) read as a pattern
+
+
+def unsafe_ifname(name: str) -> Optional[str]:
+    """Why an interface name must not go into a firewall rule (None: it may). Linux allows `br+` or
+    `vm*` as names, but iptables reads `br+` as every interface starting with br (and a bare `+` as
+    every interface: netmedic's ACCEPT would become unconditional) and nft reads `*` as a wildcard."""
+    if not isinstance(name, str) or not name:
+        return "no interface name"
+    bad = sorted({c for c in name if c in PATTERN_CHARS})
+    if bad or name.startswith("-"):
+        return (f"interface name {name!r} would be read by iptables/nft as a pattern "
+                f"({' '.join(bad) or 'leading -'}): no firewall rule is made for it")
+    return None
+
+
 def bridge_accept_rule(bridge: str) -> list:
     """The FORWARD rule netmedic inserts so bridged traffic of one bridge is not dropped."""
     return ["-i", bridge, "-o", bridge, "-j", "ACCEPT"]
@@ -171,6 +187,11 @@ class HostOps:
 
     @staticmethod
     def _iptables(backend: str, args: list) -> None:
+        for flag, value in zip(args, args[1:]):  # the last guard: no pattern ever reaches a rule
+            if flag in ("-i", "-o", "--in-interface", "--out-interface"):
+                why = unsafe_ifname(value)
+                if why:
+                    raise InputError(why)
         binary = _iptables_binary(backend)
         if binary is None:
             raise DependencyError(f"iptables for the {backend} backend is not installed")
