@@ -727,17 +727,20 @@ class Daemon:
         return listener
 
     def _ping(self, now: float) -> float:
-        """WATCHDOG=1 from the main loop (a hung loop stops pinging: systemd restarts the daemon);
-        returns the seconds until the next ping is due."""
+        """WATCHDOG=1 from the main loop (a hung loop stops pinging: systemd restarts the daemon), and
+        the backlog of an audit log that was full (it catches up with no new event); returns the
+        seconds until this is due again."""
+        audit = getattr(self.engine, "audit", None)
+        wait = 3600.0
+        if audit is not None and getattr(audit, "degraded", None):
+            audit.flush()
+            wait = 1.0
         if self.notifier.watchdog is None:
-            return 3600.0
+            return wait
         if now >= self._next_ping:
             self.notifier.notify("WATCHDOG=1")
             self._next_ping = now + self.notifier.watchdog
-            audit = getattr(self.engine, "audit", None)
-            if audit is not None and hasattr(audit, "flush"):
-                audit.flush()  # an audit log that was full catches up with no new event
-        return self._next_ping - now
+        return min(wait, self._next_ping - now)
 
     def _check_dirs(self) -> None:
         problems = inventory.dir_problems(self.engine.domain_dir, self.engine.network_dir)
