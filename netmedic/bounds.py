@@ -119,11 +119,12 @@ class Guard:
         s["next_try"] = self.clock() + delay
 
     def next_retry(self, keys) -> Optional[float]:
-        """The earliest end of a backoff among these subjects (None: nothing is waiting), so that a
-        level-triggered loop comes back when a failed fix may be tried again."""
+        """The earliest end of a backoff or of an open breaker's pause among these subjects (None:
+        nothing is waiting), so that a level-triggered loop comes back when a fix may be tried again
+        (the breaker's trial fix comes when its pause ends, not at the next resync)."""
         now = self.clock()
-        times = [self.store[k]["next_try"] for k in keys
-                 if k in self.store and self.store[k]["next_try"] > now]
+        times = [t for k in keys if k in self.store
+                 for t in (self.store[k]["next_try"], self.store[k]["open_until"]) if t > now]
         return min(times) if times else None
 
     def forget(self, key: str) -> None:

@@ -57,7 +57,7 @@ def _onoff(value, choices):
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    rate_actions: int = 6  # heal actions per subject ...
+    rate_actions: int = 20  # heal actions per subject ...
     rate_window: float = 60.0  # ... per this many seconds
     global_actions: int = 120  # heal actions on the whole host per global_window
     global_window: float = 60.0

@@ -173,7 +173,7 @@ def test_a_fault_caused_by_discrete_events_is_healed_every_time(guard, clock):
     each re-attach held until the next re-activation: a routine, never a fight (issue 12: the 5th
     re-activation within 11 s used to leave the tap detached for 30 minutes)."""
     lim = Limits()  # the shipped limits
-    for i in range(6):  # six re-activations in 15 s (the rate limit allows 6 actions per minute)
+    for i in range(20):  # twenty re-activations in 50 s (the rate limit allows 20 actions per minute)
         assert fix(guard, "port", lim, 2.5, clock), i
     clock.advance(60)
     for i in range(50):  # and then one every 10 s, for ever
@@ -308,3 +308,10 @@ def test_next_retry_is_the_earliest_backoff_end_among_the_keys(guard, clock):
     clock.advance(7)  # a's backoff is over: it may be tried now, nothing to wait for
     assert guard.next_retry(["a"]) is None
     assert guard.next_retry(["a", "b"]) == clock.now + 3
+
+
+def test_next_retry_includes_the_end_of_an_open_breakers_pause(guard, clock):
+    lim = limits(breaker_trips=1)
+    fix(guard, "a", lim, 0.1, clock)
+    assert not guard.admit("a", lim)[0]
+    assert guard.next_retry(["a"]) == clock.now + 30.0  # the trial fix is due then
