@@ -807,8 +807,7 @@ class Daemon:
                         try:
                             src.on_readable(self)
                         except Exception as exc:  # noqa: BLE001 - a broken source must not stop healing
-                            self._audit("error", error=f"event source {src.name}: {exc!r}", level="warning",
-                                        where=_where(exc))
+                            self.fault(f"source {src.name}", exc)
                         self._poll_source(src, time.monotonic())  # an event can change what it wants next
                 now = time.monotonic()
                 for src in self.sources:
@@ -890,9 +889,10 @@ class Daemon:
     def _poll_source(self, src, now: float) -> None:
         try:
             self._source_due[id(src)] = src.poll(self, now)
-        except Exception as exc:  # noqa: BLE001
-            self._audit("error", error=f"event source {src.name}: {exc!r}", level="warning")
-            self._source_due[id(src)] = now + 5.0
+        except Exception as exc:  # noqa: BLE001 - audited once, counted, retried with backoff
+            self._source_due[id(src)] = now + self.fault(f"source {src.name}", exc)
+        else:
+            self.recovered(f"source {src.name}")
         self._status_dirty = True
 
     def _drain(self, listener, limit: int = MAX_EVENTS_PER_TURN) -> bool:

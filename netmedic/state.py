@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import json
 import os
+import sys
 import time
 from typing import Callable, Optional
 
@@ -49,11 +50,13 @@ class State:
         self._unsaved: Optional[str] = None  # what could not be written: the truth for this process
 
     def _say(self, event: str, **fields) -> None:
-        if self.report is not None:
-            try:
+        try:
+            if self.report is not None:
                 self.report(event, **fields)
-            except Exception:  # noqa: BLE001 - bookkeeping never stops protection
-                pass
+            else:  # no audit wired (a hook's own engine): at least on stderr (libvirtd's log)
+                sys.stderr.write(json.dumps({"event": event, **fields}, default=str) + "\n")
+        except Exception:  # noqa: BLE001 - bookkeeping never stops protection
+            pass
 
     def _serialize(self) -> str:
         return json.dumps({"version": 1, "records": self.records, "guard": self.guard}, indent=1, sort_keys=True)

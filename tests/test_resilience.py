@@ -165,6 +165,43 @@ def test_an_exception_in_a_pass_is_audited_once_counted_and_retried_with_backoff
     assert d.health()["state"] == "ok"
 
 
+class _BrokenSource:
+    """An event source with a bug (a stand-in, as above)."""
+
+    name = "broken"
+
+    def __init__(self):
+        self.fail = True
+
+    def fileno(self):
+        return None
+
+    def poll(self, daemon, now):
+        if self.fail:
+            raise AttributeError("'NoneType' object has no attribute 'x'")
+        return None
+
+    def status(self):
+        return {"state": "ok"}
+
+
+def test_an_exception_in_a_source_is_audited_once_and_retried_with_backoff(tmp_path):
+    engine = _BuggyEngine(tmp_path)
+    d = daemon_mod.Daemon(engine)
+    src = _BrokenSource()
+    d.add_source(src)
+    waits = []
+    for _ in range(4):
+        d._poll_source(src, 100.0)
+        waits.append(d._source_due[id(src)] - 100.0)
+    assert waits == [1.0, 2.0, 4.0, 8.0]
+    assert len([e for e, _f in engine.events if e == "internal_error"]) == 1
+    assert d.health()["state"] == "degraded"
+    src.fail = False
+    d._poll_source(src, 100.0)
+    assert d._source_due[id(src)] is None and d.health()["state"] == "ok"
+
+
 def test_a_broken_policy_at_start_runs_the_last_good_one_else_the_shipped_default(tmp_path):
     good = tmp_path / "policy.yaml"
     good.write_text("version: 1\nresync_interval: 42\n")
