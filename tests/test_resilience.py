@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 
 import pytest
@@ -433,3 +436,33 @@ def test_six_networkmanager_reactivations_are_healed_every_time(topo, tmp_path):
         assert len(h.detached_heals_since(0)) >= 6
     finally:
         h.stop_daemon()
+
+
+# --- 6. no false findings under the shipped capabilities -------------------------------------------
+@root
+def test_dnsmasq_of_another_user_under_the_units_capabilities_is_unknown_not_a_violation(tmp_path):
+    """Under the unit's capability set (CAP_NET_ADMIN CAP_NET_RAW, no CAP_SYS_PTRACE) reading
+    /proc/PID/ns/net of another user's process is EACCES: that is "unknown", not "dnsmasq runs in
+    another network namespace" (a false finding on every host with libvirt's dnsmasq user)."""
+    bindir = tempfile.mkdtemp(prefix="netmedic-fake-")  # (pytest's tmp_path is not searchable by nobody)
+    os.chmod(bindir, 0o755)
+    fake = os.path.join(bindir, "dnsmasq")  # a process named dnsmasq, run as nobody like libvirt's
+    shutil.copy("/bin/sleep", fake)
+    proc = subprocess.Popen(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", str(fake), "60"])
+    try:
+        (tmp_path / "default.pid").write_text(f"{proc.pid}\n")
+        wait_for("fake dnsmasq", lambda: open(f"/proc/{proc.pid}/comm").read().strip() == "dnsmasq", 5)
+        code = ("import json, sys; from netmedic import hostfacts; "
+                f"d = hostfacts.read_dnsmasq('default', {str(tmp_path)!r}); "
+                "print(json.dumps([d.alive, d.same_netns]))")
+        out = subprocess.run(["setpriv", "--inh-caps=-all", "--bounding-set=-all,+net_admin,+net_raw",
+                              sys.executable, "-c", code], capture_output=True, text=True, env=nm_env(), timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout) == [True, None]
+        # and as root with every capability, the same process is known to share the namespace
+        assert json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                         env=nm_env(), timeout=30).stdout) == [True, True]
+    finally:
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(bindir, ignore_errors=True)
