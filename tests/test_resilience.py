@@ -122,6 +122,36 @@ def test_state_file_of_the_wrong_shape_is_moved_aside_not_a_traceback(quiet):
         assert d.wait(10) == 0
 
 
+@root
+def test_daemon_started_with_an_unusable_policy_runs_the_shipped_default_and_says_so(quiet, tmp_path):
+    """An unreadable policy at start is the admin's to fix: restarting would not help, so the daemon
+    does not exit (it used to, and Restart=on-failure looped): it heals with the shipped default, says so
+    in the audit, on stderr and in `netmedic status`, and takes the fixed file when it appears."""
+    lab = quiet
+    good = lab.nm.policy
+    broken = str(tmp_path / "broken.yaml")
+    with open(broken, "w") as fh:
+        fh.write("version: 1\nlimits: {rate: {actions: 0}}\n")
+    lab.nm.policy = broken
+    sock = str(tmp_path / "run" / "netmedic.sock")
+    d = lab.nm.daemon("--resync", "3600", "--socket", sock)
+    try:
+        wait_for("pinned with the shipped default", lambda: _pinned(lab), 15)
+        [ev] = lab.nm.audit("policy_rejected")
+        assert "limits.rate.actions" in ev["error"] and ev["running"] == config.SHIPPED_DEFAULT
+        wait_for("status", lambda: os.path.exists(os.path.join(os.path.dirname(sock), "status.json")), 5)
+        out = subprocess.run([sys.executable, "-m", "netmedic", "status", "--socket", sock], capture_output=True,
+                             text=True, env=nm_env(), timeout=30)
+        assert "health: degraded" in out.stdout and "limits.rate.actions" in out.stdout, out.stdout
+        with open(good) as src, open(broken, "w") as dst:  # the admin fixes the file
+            dst.write(src.read())
+        wait_for("fixed policy loaded", lambda: lab.nm.audit("policy_loaded"), 10)
+        assert d.poll() is None
+    finally:
+        d.terminate()
+        assert d.wait(10) == 0
+
+
 class _BuggyEngine:
     """A fake engine whose pass raises what no check foresaw (a bug cannot be produced on demand in
     the real engine: this stands in for one). Everything else is the real Daemon."""
