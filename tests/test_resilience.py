@@ -496,3 +496,30 @@ def test_dnsmasq_of_another_user_under_the_units_capabilities_is_unknown_not_a_v
         proc.kill()
         proc.wait()
         shutil.rmtree(bindir, ignore_errors=True)
+
+
+@root
+def test_vm_start_hook_pins_on_a_full_disk(tmp_path, topo, tmpfs):
+    """Issue 12: with /var/log full the audit line written before the change raised, and the VM-start
+    hook exited 0 *without pinning*. Now the pin is made; the audit goes to stderr (libvirtd's log)."""
+    from netmedic import hooks, labnet
+    from tests.conftest import ROOT
+    from tests.test_hook import VM_MAC, HookRig, _domain_xml
+
+    ns = topo.netns("host", ipv6=False)
+    guest = topo.netns("guest", ipv6=False)
+    topo.bridge(ns, "br0")
+    topo.veth(ns, "vnet0", guest, "eth0", mac_a=labnet.tap_mac_for(VM_MAC), mac_b=VM_MAC)
+    topo.enslave(ns, "vnet0", "br0")
+    rig = HookRig(tmp_path, topo, ns)
+    env = dict(rig.env, NETMEDIC_AUDIT_LOG=os.path.join(tmpfs.path, "audit.jsonl"),
+               NETMEDIC_STATE_DIR=os.path.join(tmpfs.path, "state"))
+    os.makedirs(env["NETMEDIC_STATE_DIR"])
+    with open(rig.scripts["qemu"], "w") as fh:
+        fh.write(hooks.render_script("qemu", sys.executable, env, pythonpath=ROOT))
+    tmpfs.fill()
+    proc = rig.call("qemu", "vm1", "start", "begin", _domain_xml("vm1", [(VM_MAC, "br0", "vnet0")]).encode())
+    assert proc.returncode == 0
+    assert is_sticky_pin(fdb_entry(topo, ns, "br0", VM_MAC), "vnet0"), proc.stderr.decode()[-2000:]
+    assert b'"audit_degraded"' in proc.stderr and b'"healed"' in proc.stderr
+    assert not [f for f in os.listdir(env["NETMEDIC_STATE_DIR"]) if f.endswith(".tmp")]
