@@ -47,7 +47,11 @@ class State:
         # state that cannot be written): the CLI and the daemon route it to the audit.
         self.report: Optional[Callable] = None
         self.save_error: Optional[str] = None  # the last save failed (full disk, read-only): why
-        self._unsaved: Optional[str] = None  # what could not be written: the truth for this process
+        # What could not be written (a save failed): this process's changes to the records since the
+        # last load (key -> record, None: removed) and its counters, laid over the file at each load
+        # (another writer, a hook, may have saved meanwhile) until a save works.
+        self._unsaved: Optional[dict] = None
+        self._base: dict = {}  # the records as loaded (to tell this process's changes)
 
     def _say(self, event: str, **fields) -> None:
         try:
@@ -72,11 +76,6 @@ class State:
                   reason="kept aside for the admin; netmedic goes on with what was valid in it")
 
     def _load(self) -> None:
-        if self._unsaved is not None:  # the last save failed: what this process knows is newer
-            data = json.loads(self._unsaved)
-            self.records, self.guard = data["records"], data["guard"]
-            self._loaded = None
-            return
         try:
             with open(self.path, encoding="utf-8") as fh:
                 data = json.load(fh)
@@ -110,6 +109,15 @@ class State:
             self._loaded = None  # write the valid part back
         else:
             self._loaded = self._serialize() if data else None
+        if self._unsaved is not None:  # the last save failed: lay this process's changes over the file
+            for key, rec in self._unsaved["records"].items():
+                if rec is None:
+                    self.records.pop(key, None)
+                else:
+                    self.records[key] = rec
+            self.guard = self._unsaved["guard"]
+            self._loaded = None
+        self._base = dict(self.records)  # (records are replaced, never changed in place)
 
     def _save(self) -> None:
         text = self._serialize()
@@ -131,12 +139,17 @@ class State:
             if self.save_error is None:
                 self._say("state_degraded", error=error, level="alert",
                           reason="netmedic's records are kept in memory until the state can be written")
-            self.save_error, self._unsaved = error, text
+            changes = dict(self._unsaved["records"]) if self._unsaved else {}
+            changes.update({k: r for k, r in self.records.items() if self._base.get(k) != r})
+            changes.update({k: None for k in self._base if k not in self.records})
+            self.save_error = error
+            self._unsaved = {"records": json.loads(json.dumps(changes)), "guard": json.loads(json.dumps(self.guard))}
             return
         self._loaded = text
         if self.save_error is not None:
             self._say("state_recovered", was=self.save_error)
         self.save_error = self._unsaved = None
+        self._base = dict(self.records)  # (records are replaced, never changed in place)
 
     @contextlib.contextmanager
     def locked(self, write: bool = True):

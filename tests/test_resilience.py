@@ -523,3 +523,31 @@ def test_vm_start_hook_pins_on_a_full_disk(tmp_path, topo, tmpfs):
     assert is_sticky_pin(fdb_entry(topo, ns, "br0", VM_MAC), "vnet0"), proc.stderr.decode()[-2000:]
     assert b'"audit_degraded"' in proc.stderr and b'"healed"' in proc.stderr
     assert not [f for f in os.listdir(env["NETMEDIC_STATE_DIR"]) if f.endswith(".tmp")]
+
+
+def test_records_kept_in_memory_on_a_failed_save_merge_with_another_writers(tmp_path, monkeypatch):
+    """The daemon's save fails (full disk); a hook saves its own record meanwhile; when the daemon can
+    write again, neither's records are lost and what the daemon removed stays removed."""
+    d = State(str(tmp_path))
+    with d.locked():
+        d.records["old"] = {"kind": "fdb_pin", "key": "old"}
+    events = []
+    d.report = lambda e, **f: events.append(e)
+
+    def full(src, dst):  # the rename of a full disk's temp file (the real thing: test_full_disk_* above)
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", full)
+        with d.locked():
+            d.records["daemon"] = {"kind": "fdb_pin", "key": "daemon"}
+            del d.records["old"]
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+    hook = State(str(tmp_path))
+    with hook.locked():  # sees the file as it was (the daemon could not write)
+        assert set(hook.records) == {"old"}
+        hook.records["hook"] = {"kind": "fdb_pin", "key": "hook"}
+    with d.locked():
+        assert set(d.records) == {"daemon", "hook"}
+    assert events == ["state_degraded", "state_recovered"]
+    assert set(State(str(tmp_path)).read().records) == {"daemon", "hook"}
