@@ -34,8 +34,8 @@ class Guard:
         Called when the subject is found broken. The circuit breaker tells a fight from a routine: a
         fix undone within `breaker_hold` seconds (another agent reverting netmedic) counts against the
         subject; a fix that held until the next discrete event broke it again (a bridge re-created,
-        NetworkManager re-activating it, a VM restarted) does not, however often that happens. Only
-        `breaker_trips` quick undos within `breaker_window` open the breaker. Open, it pauses for a
+        NetworkManager re-activating it, a VM restarted) does not, however often that happens, and ends
+        the streak. Only `breaker_trips` quick undos in a row within `breaker_window` open the breaker. Open, it pauses for a
         while (30 s at first, doubling on each re-open up to `breaker_cooldown`), then allows one trial
         fix: undone quickly again, it re-opens; held, the fight is over and the breaker closes."""
         now = self.clock()
@@ -46,9 +46,11 @@ class Guard:
                            f"is reverting netmedic), paused until {_iso(s['open_until'])}")
         last = s.pop("last_fix", None)
         undone = last is not None and now - last < limits.breaker_hold
-        s["fixes"] = self._recent(s["fixes"], now, limits.breaker_window)  # the quick undos
+        s["fixes"] = self._recent(s["fixes"], now, limits.breaker_window)  # the streak of quick undos
         if undone:
             s["fixes"].append(now)
+        elif last is not None:  # a fix held: whatever came before was no fight (a re-activation
+            s["fixes"] = []     # that detaches a tap twice undoes the first fix at once, not the second)
         trial = bool(s.get("trial"))
         if trial and last is not None and not undone:  # the trial fix held: the fight is over
             trial = s["trial"] = False

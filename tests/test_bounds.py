@@ -315,3 +315,14 @@ def test_next_retry_includes_the_end_of_an_open_breakers_pause(guard, clock):
     fix(guard, "a", lim, 0.1, clock)
     assert not guard.admit("a", lim)[0]
     assert guard.next_retry(["a"]) == clock.now + 30.0  # the trial fix is due then
+
+
+def test_an_event_that_breaks_a_subject_twice_is_no_fight(guard, clock):
+    """NetworkManager re-activating a bridge sometimes detaches the tap twice: the first re-attach is
+    undone at once, the second holds until the next re-activation. Only quick undos in a row trip."""
+    lim = Limits()
+    for i in range(15):
+        assert fix(guard, "port", lim, 0.1, clock), i  # undone at once (the second detach)
+        assert fix(guard, "port", lim, 3.0, clock), i  # held until the next re-activation
+        clock.advance(5)
+    assert not guard.took_trip("port")
