@@ -551,3 +551,17 @@ def test_records_kept_in_memory_on_a_failed_save_merge_with_another_writers(tmp_
         assert set(d.records) == {"daemon", "hook"}
     assert events == ["state_degraded", "state_recovered"]
     assert set(State(str(tmp_path)).read().records) == {"daemon", "hook"}
+
+
+def test_daemon_warns_about_a_missing_xml_dir_once_and_keeps_looking(tmp_path):
+    engine = _BuggyEngine(tmp_path)
+    engine.domain_dir = str(tmp_path / "qemu")  # libvirtd not started yet
+    d = daemon_mod.Daemon(engine)
+    for _ in range(3):
+        d._check_dirs()
+    [warning] = [f for e, f in engine.events if e == "input_warning"]
+    assert warning["errors"] == [f"{engine.domain_dir}: No such file or directory"]
+    assert d.health()["state"] == "degraded"
+    os.mkdir(engine.domain_dir)
+    d._check_dirs()
+    assert d.health()["state"] == "ok"
