@@ -120,6 +120,17 @@ def _engine(args, policy, audit, dry_run=False):
                         dry_run=dry_run)
 
 
+def _require_dirs(args) -> None:
+    """`check`/`heal`/`diagnose` judge the host from the run-state XML: a missing or non-directory path
+    would make every VM look gone. Refused (exit 2) with one line per path."""
+    from netmedic import inventory
+    from netmedic.errors import InputError
+
+    problems = inventory.dir_problems(args.domain_xml_dir, args.network_xml_dir)
+    if problems:
+        raise InputError("run-state XML directory unusable: " + "; ".join(problems))
+
+
 def _audit(args, trigger):
     from netmedic.audit import DEFAULT_AUDIT_LOG, Audit
 
@@ -130,6 +141,7 @@ def cmd_check(args) -> int:
     from netmedic.report import render_check
 
     policy = _policy(args)
+    _require_dirs(args)
     engine = _engine(args, policy, audit=None, dry_run=True)
     engine.state.read()
     engine.load_inventory()
@@ -155,6 +167,7 @@ def cmd_heal(args) -> int:
     from netmedic.report import render_heal
 
     policy = _policy(args)
+    _require_dirs(args)
     audit = _audit(args, "cli")
     try:
         engine = _engine(args, policy, audit, dry_run=args.dry_run)
@@ -174,19 +187,28 @@ def cmd_heal(args) -> int:
 
 
 def cmd_daemon(args) -> int:
-    from netmedic.daemon import Daemon
+    from netmedic.daemon import Daemon, load_daemon_policy
     from netmedic.nl import Listener
     from netmedic.sources import NullListener
     from netmedic.sources.nm import NMSource
+    from netmedic.state import DEFAULT_STATE_DIR
 
-    policy = _policy(args)
     audit = _audit(args, "daemon")
+    # A policy the admin must fix does not stop the daemon (restarting would not fix it): the last good
+    # one (or the shipped default) runs, said in the audit and in `netmedic status`.
+    policy, problem = load_daemon_policy(args.policy, args.mode, args.state_dir or DEFAULT_STATE_DIR)
+    if problem:
+        print(f"netmedic: error: {problem}; running with {policy.source}", file=sys.stderr)
+        audit.event("policy_rejected", error=problem[:2000], running=policy.source, level="alert",
+                    reason="the policy file cannot be used: running with the last good policy "
+                           "(or the shipped default) until it is fixed")
     engine = _engine(args, policy, audit, dry_run=args.dry_run)
     daemon = Daemon(engine, policy_path=args.policy, mode=args.mode, resync=args.resync,
                     listener_factory=(NullListener if args.no_netlink
                                       else lambda: Listener(rcvbuf=args.netlink_rcvbuf)),
                     socket_path=_auto(args.socket, args, DEFAULT_SOCKET),
                     libvirt_uri=_auto(args.libvirt_uri, args, "qemu:///system"))
+    daemon.policy_problem = f"{problem[:300]} (running: {policy.source})" if problem else None
     if not args.no_dbus:
         daemon.add_source(NMSource())
     if args.pidfile:
@@ -213,18 +235,39 @@ def cmd_status(args) -> int:
     try:
         with open(path, encoding="utf-8") as fh:
             status = json.load(fh)
-    except (OSError, ValueError) as exc:
-        print(f"netmedic: no daemon status at {path} ({getattr(exc, 'strerror', None) or exc}): "
-              "is `netmedic daemon` running?", file=sys.stderr)
-        return EXIT_ERROR
+    except (OSError, ValueError, RecursionError) as exc:
+        if isinstance(exc, OSError):
+            print(f"netmedic: no daemon status at {path} ({getattr(exc, 'strerror', None) or exc}): "
+                  "is `netmedic daemon` running?", file=sys.stderr)
+            return EXIT_ERROR
+        return _status_malformed(path, f"not JSON: {exc}")
+    if not isinstance(status, dict):
+        return _status_malformed(path, f"not a JSON object but {type(status).__name__}")
     running = not status.get("stopped")
     try:
         os.kill(int(status.get("pid", 0)), 0)
-    except (OSError, ValueError):
+    except (OSError, ValueError, TypeError, OverflowError):
         running = False
     status["running"] = running
-    print(json.dumps(status, indent=2) if args.json else render_status(status, path))
+    try:
+        text = json.dumps(status, indent=2) if args.json else render_status(status, path)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        return _status_malformed(path, f"unexpected content ({type(exc).__name__}: {exc})")
+    print(text)
     return EXIT_OK if running else EXIT_ERROR
+
+
+def _status_malformed(path: str, why: str) -> int:
+    """A status file netmedic cannot read: moved aside (the daemon writes a new one within a second),
+    one line, exit 2 — never a traceback."""
+    aside = path + ".malformed"
+    try:
+        os.replace(path, aside)
+        moved = f"moved to {aside}"
+    except OSError as exc:
+        moved = f"not moved: {exc.strerror or exc}"
+    print(f"netmedic: error: {path}: malformed daemon status ({why}); {moved}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 def cmd_lab(args) -> int:

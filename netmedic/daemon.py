@@ -24,12 +24,14 @@ import os
 import select
 import signal
 import time
+import traceback
 from typing import Optional
 
 from netmedic import inventory, metrics, nl
 from netmedic.dispatcher import Dispatcher
 from netmedic.errors import NetmedicError
 from netmedic.policies import config
+from netmedic.sdnotify import SdNotify
 from netmedic.settings import DEFAULT_SOCKET  # noqa: F401  (re-exported)
 from netmedic.sources.eventsocket import EventSocket
 
@@ -53,6 +55,60 @@ def _where(exc: BaseException) -> str:
 
 def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+MAX_DATAGRAM = 256 * 1024  # a hook's request carries the domain XML
+FAULT_BACKOFF_MAX = 60.0  # seconds: the longest wait before retrying what raised
+LAST_GOOD_POLICY = "policy.last-good.yaml"  # in the state directory
+
+
+def load_daemon_policy(path: Optional[str], mode: Optional[str], state_dir: Optional[str]):
+    """The policy the daemon starts with: the file, else (it cannot be read or is refused: the admin
+    must fix it, restarting would not help) the last good policy saved in the state directory, else
+    the shipped default. Returns (policy, problem or None)."""
+    try:
+        policy = config.load(path).with_mode(mode)
+    except (NetmedicError, RecursionError, MemoryError, ValueError) as exc:
+        problem = f"{type(exc).__name__}: {exc}" if not isinstance(exc, NetmedicError) else str(exc)
+    else:
+        save_last_good(policy, state_dir)
+        return policy, None
+    last = os.path.join(state_dir, LAST_GOOD_POLICY) if state_dir else None
+    if last and os.path.isfile(last):
+        try:
+            return config.load(last).with_mode(mode), problem
+        except (NetmedicError, RecursionError, MemoryError, ValueError):
+            pass
+    return config.load(config.SHIPPED_DEFAULT).with_mode(mode), problem
+
+
+def save_last_good(policy, state_dir: Optional[str]) -> None:
+    """Keep a copy of a policy that loaded, for a start-up when the file has gone bad."""
+    src = getattr(policy, "source", None)
+    if not state_dir or not src or not os.path.isfile(src) or src == config.SHIPPED_DEFAULT:
+        return
+    dst = os.path.join(state_dir, LAST_GOOD_POLICY)
+    if os.path.abspath(src) == os.path.abspath(dst):
+        return
+    tmp = f"{dst}.{os.getpid()}.tmp"
+    try:
+        with open(src, "rb") as fh:
+            data = fh.read(1 << 20)
+        try:
+            with open(dst, "rb") as fh:
+                if fh.read(1 << 20) == data:
+                    return
+        except OSError:
+            pass
+        os.makedirs(state_dir, mode=0o750, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, dst)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 class Daemon:
@@ -88,6 +144,18 @@ class Daemon:
         self.dispatcher.refresh_inventory = self._refresh_inventory
         self._links_complete = False  # the dispatcher's ifindex maps hold every link (a full pass ran)
         self.metrics = metrics.Metrics()  # [metrics] Prometheus figures (netmedic/metrics.py)
+        # Anything that raised where nothing should (a bug, a malformed input no check caught): component
+        # -> {count, active, error, where, first, last}; audited with its traceback once per kind.
+        self.faults: dict = {}
+        self._fault_seen: set = set()
+        self.policy_problem: Optional[str] = None  # the policy file was refused: what runs instead
+        self.dir_problems: list = []  # run-state XML directories missing or not directories
+        self.notifier = SdNotify()
+        self._next_ping = 0.0
+        self._listener_retry: Optional[float] = None
+        state = getattr(engine, "state", None)
+        if state is not None and getattr(state, "report", None) is None:
+            state.report = self._audit  # a malformed state file moved aside, the state unwritable
 
     # --- sources and status ----------------------------------------------------------------------
     def add_source(self, source) -> None:
@@ -104,6 +172,50 @@ class Daemon:
         """A source connected, disconnected, degraded: audit it and show it in the status."""
         self._audit("source_state", source=name, state=state, **fields)
         self.note_event(name, state + (f": {fields['error']}" if fields.get("error") else ""), count=False)
+
+    def fault(self, component: str, exc: BaseException) -> float:
+        """Something raised that should not have: audit it with its traceback (once per kind), count it,
+        show the daemon degraded; returns how long to wait before retrying it (doubling, capped)."""
+        where = _where(exc)
+        f = self.faults.setdefault(component, {"count": 0, "active": 0, "first": _iso(time.time())})
+        f["count"] += 1
+        f["active"] += 1
+        f.update(error=f"{type(exc).__name__}: {str(exc)[:300]}", where=where, last=_iso(time.time()))
+        sig = (component, type(exc).__name__, where)
+        try:
+            if sig not in self._fault_seen:
+                self._fault_seen.add(sig)
+                tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+                self._audit("internal_error", component=component, error=f["error"], where=where,
+                            traceback=tb[-8000:], level="alert",
+                            reason="caught: the daemon goes on and retries with backoff")
+        except Exception:  # noqa: BLE001 - reporting must not raise in turn
+            pass
+        self._status_dirty = True
+        return min(FAULT_BACKOFF_MAX, 2.0 ** (f["active"] - 1))
+
+    def recovered(self, component: str) -> None:
+        f = self.faults.get(component)
+        if f and f["active"]:
+            self._audit("recovered", component=component, failures=f["active"], error=f.get("error"))
+            f["active"] = 0
+            self._status_dirty = True
+
+    def health(self) -> dict:
+        """`ok`, or `degraded` with why: faults not yet recovered, the audit log or the state that cannot
+        be written, a refused policy, missing run-state directories."""
+        why = [f"{c}: {f['error']} ({f['active']}x)" for c, f in sorted(self.faults.items()) if f["active"]]
+        audit = getattr(self.engine, "audit", None)
+        if audit is not None and getattr(audit, "degraded", None):
+            why.append(f"audit log: {audit.degraded} (writing to stderr)")
+        state_error = getattr(getattr(self.engine, "state", None), "save_error", None)
+        if state_error:
+            why.append(f"state: {state_error} (records kept in memory)")
+        if self.policy_problem:
+            why.append(f"policy: {self.policy_problem}")
+        why += [f"xml dir: {p}" for p in self.dir_problems]
+        return {"state": "degraded" if why else "ok", "why": why,
+                "faults": {c: dict(f) for c, f in self.faults.items()}}
 
     def handle_request(self, event: dict) -> dict:
         """Do a libvirt hook's phase in the daemon (the hook waits): `prepare` (the duplicate-MAC
@@ -222,7 +334,7 @@ class Daemon:
                                "network_dir": self.engine.network_dir}
         return {"pid": os.getpid(), "started": _iso(self.started), "updated": _iso(time.time()),
                 "dry_run": self.engine.dry_run, "policy": getattr(self.engine.policy, "source", None),
-                "resync_interval": self.resync_interval, "sources": sources,
+                "resync_interval": self.resync_interval, "sources": sources, "health": self.health(),
                 "last_events": list(self.last_events), "last_heals": list(self.last_heals),
                 "metrics": self.metrics.summary()}  # [metrics]
 
@@ -242,7 +354,11 @@ class Daemon:
             with open(tmp, "w", encoding="utf-8") as fh:
                 json.dump(data, fh, indent=1, default=str)
             os.replace(tmp, path)
-        except OSError:
+        except (OSError, ValueError, TypeError):
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
             return
         self._status_dirty, self._status_written = False, now
 
@@ -263,14 +379,25 @@ class Daemon:
         self.metrics.audit(event, fields)  # [metrics]
 
     def _reload_policy(self) -> None:
+        self.notifier.notify("RELOADING=1")
         try:
-            policy = config.load(self.policy_path).with_mode(self.mode)
-        except NetmedicError as exc:
-            self._audit("policy_rejected", error=str(exc), reason="keeping the last good policy", level="alert")
-            return
-        self.engine.policy = policy
-        self._audit("policy_loaded", source=policy.source)
-        self.dispatcher.submit(None, "policy reloaded")
+            try:
+                policy = config.load(self.policy_path).with_mode(self.mode)
+            except (NetmedicError, RecursionError, MemoryError, ValueError) as exc:
+                error = str(exc) if isinstance(exc, NetmedicError) else f"{type(exc).__name__}: {exc}"
+                self.policy_problem = f"{error[:300]} (running: {getattr(self.engine.policy, 'source', None)})"
+                self._audit("policy_rejected", error=error[:2000], reason="keeping the last good policy",
+                            running=getattr(self.engine.policy, "source", None), level="alert")
+                self._status_dirty = True
+                return
+            self.engine.policy = policy
+            self.policy_problem = None
+            save_last_good(policy, getattr(self.engine.state, "directory", None))
+            self._audit("policy_loaded", source=policy.source)
+            self.dispatcher.submit(None, "policy reloaded")
+            self._status_dirty = True
+        finally:
+            self.notifier.notify("READY=1")
 
     def _inventory_changed(self) -> bool:
         sig = []
@@ -288,15 +415,22 @@ class Daemon:
     def reconcile(self, bridges, trigger: str, domains=None):
         """One engine pass (bridges None: everything; domains: bridge -> VMs it is narrowed to); returns
         its Report (None when it failed)."""
-        self.engine.extra_domains = self._extra_domains()
         report = None
         t0 = time.monotonic()
         try:
+            self.engine.extra_domains = self._extra_domains()
             report = self.engine.reconcile(trigger=trigger, bridges=bridges, domains=domains)
         except NetmedicError as exc:
             self._audit("error", error=f"reconcile failed: {exc}")
             self.metrics.observe_pass(None, time.monotonic() - t0, bridges, domains)  # [metrics]
+        except Exception as exc:  # noqa: BLE001 - a bug in a pass must not stop the daemon
+            self.metrics.observe_pass(None, time.monotonic() - t0, bridges, domains)  # [metrics]
+            delay = self.fault("reconcile", exc)
+            at = time.monotonic() + delay
+            self.retry_at = at if self.retry_at is None else min(self.retry_at, at)
+            return None
         else:
+            self.recovered("reconcile")
             self.metrics.observe_pass(report, time.monotonic() - t0, bridges, domains)  # [metrics]
             self._status_dirty = True
             acted = [o for o in report.outcomes if o.result in ("healed", "rolled_back", "failed")]
@@ -351,12 +485,86 @@ class Daemon:
         else:
             self.stopping = True
 
+    def _guarded(self, component: str, fn, *args, **kw):
+        """Run one piece of the loop's work; what it raises is a fault of that component (audited once,
+        counted, degraded), never the daemon's end: the rest of the loop goes on."""
+        try:
+            result = fn(*args, **kw)
+        except Exception as exc:  # noqa: BLE001
+            self.fault(component, exc)
+            return None
+        self.recovered(component)
+        return result
+
+    def _open_listener(self):
+        """The netlink listener; when it cannot be opened (or broke), a stand-in that is never readable,
+        and another try after a backoff."""
+        try:
+            listener = self.listener_factory()
+        except Exception as exc:  # noqa: BLE001
+            delay = self.fault("netlink", exc)
+            from netmedic.sources import NullListener
+
+            listener = NullListener()
+            self._listener_retry = time.monotonic() + delay
+            self.source_state["netlink"] = {"state": "error", "error": str(exc)[:300]}
+        else:
+            self._listener_retry = None
+            self.source_state["netlink"] = {"state": "listening", "since": _iso(time.time()),
+                                            "overflows": self.source_state.get("netlink", {}).get("overflows", 0)}
+        self.listener = listener
+        return listener
+
+    def _reopen_listener(self, old, delay: float = 0.0):
+        """A new listener for a broken one: at once the first time, after `delay` when it keeps
+        breaking (a stand-in that is never readable until then)."""
+        try:
+            old.close()
+        except Exception:  # noqa: BLE001
+            pass
+        self._links_complete = False
+        if delay > 1.0:
+            from netmedic.sources import NullListener
+
+            self.listener = listener = NullListener()
+            self._listener_retry = time.monotonic() + delay
+            self.source_state["netlink"]["state"] = "error"
+            return listener
+        listener = self._open_listener()
+        self.dispatcher.submit(None, "netlink listener reopened")
+        return listener
+
+    def _ping(self, now: float) -> float:
+        """WATCHDOG=1 from the main loop (a hung loop stops pinging: systemd restarts the daemon), and
+        the backlog of an audit log that was full (it catches up with no new event); returns the
+        seconds until this is due again."""
+        audit = getattr(self.engine, "audit", None)
+        wait = 3600.0
+        if audit is not None and getattr(audit, "degraded", None):
+            audit.flush()
+            wait = 1.0
+        if self.notifier.watchdog is None:
+            return wait
+        if now >= self._next_ping:
+            self.notifier.notify("WATCHDOG=1")
+            self._next_ping = now + self.notifier.watchdog
+        return min(wait, self._next_ping - now)
+
+    def _check_dirs(self) -> None:
+        problems = inventory.dir_problems(self.engine.domain_dir, self.engine.network_dir)
+        if problems != self.dir_problems:
+            if problems:
+                self._audit("input_warning", errors=problems, level="warning",
+                            reason="run-state XML directory missing or not a directory: looking again every second")
+            self.dir_problems = problems
+            self._status_dirty = True
+
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
-        listener = self.listener = self.listener_factory()
-        self.source_state["netlink"] = {"state": "listening", "since": _iso(time.time()), "overflows": 0}
-        self._start_sources()
+        listener = self._open_listener()
+        self._guarded("sources", self._start_sources)
+        self._check_dirs()
         self._audit("daemon_started", resync_interval=self.resync_interval, dry_run=self.engine.dry_run,
                     sources={s.name: s.status().get("state") for s in self.sources})
         self._inventory_changed()
@@ -365,6 +573,8 @@ class Daemon:
         self.metrics.tick(self)  # [metrics] serve from the start
         self.reconcile(None, "startup")
         self.write_status(force=True)
+        self.notifier.notify(f"READY=1\nSTATUS=watching; health {self.health()['state']}\nMAINPID={os.getpid()}")
+        self._ping(time.monotonic())
         next_resync = time.monotonic() + self.resync_interval
         next_poll = time.monotonic() + 1.0
         try:
@@ -376,6 +586,12 @@ class Daemon:
                     wait = min(wait, pending)
                 if self._status_dirty and self.socket_path:  # keep `netmedic status` within ~0.5 s
                     wait = min(wait, self._status_written + 0.5 - time.monotonic())
+                wait = min(wait, self._ping(now))
+                if self._listener_retry is not None:
+                    if now >= self._listener_retry:
+                        listener = self._reopen_listener(listener)
+                    else:
+                        wait = min(wait, self._listener_retry - now)
                 watched = [listener]
                 for src in self.sources:
                     due = self._source_due.get(id(src))
@@ -389,13 +605,18 @@ class Daemon:
                     readable = []
                 for src in readable:
                     if src is listener:
-                        self._drain(listener)
+                        try:
+                            self._drain(listener)
+                        except Exception as exc:  # noqa: BLE001 - a broken socket: a new one, a full resync
+                            delay = self.fault("netlink", exc)
+                            listener = self._reopen_listener(listener, delay)
+                        else:
+                            self.recovered("netlink")
                     else:
                         try:
                             src.on_readable(self)
                         except Exception as exc:  # noqa: BLE001 - a broken source must not stop healing
-                            self._audit("error", error=f"event source {src.name}: {exc!r}", level="warning",
-                                        where=_where(exc))
+                            self.fault(f"source {src.name}", exc)
                         self._poll_source(src, time.monotonic())  # an event can change what it wants next
                 now = time.monotonic()
                 for src in self.sources:
@@ -412,24 +633,32 @@ class Daemon:
                     if mtime != self._policy_mtime:
                         self._policy_mtime = mtime
                         self._reload_policy()
+                    self._check_dirs()
                     if self._inventory_changed():
-                        self._submit_inventory_changes()
+                        self._guarded("inventory", self._submit_inventory_changes)
                 if self.retry_at is not None and now >= self.retry_at:
                     self.retry_at = None
                     self.dispatcher.submit(None, "retry after backoff")
                 if now >= next_resync:
-                    self.dispatcher.take()
+                    self._guarded("dispatcher", self.dispatcher.take)
                     self.reconcile(None, "resync")
                     next_resync = time.monotonic() + self.resync_interval
-                elif self.dispatcher.due():
+                elif self._guarded("dispatcher", self.dispatcher.due):
                     self.metrics.pending_since = getattr(self.dispatcher, "_first", None)  # [metrics]
-                    bridges, domains, reasons = self.dispatcher.take_scoped()
-                    self.reconcile(bridges, "event: " + "; ".join(reasons[:3]), domains=domains)
-                self.metrics.tick(self)  # [metrics]
+                    taken = self._guarded("dispatcher", self.dispatcher.take_scoped)
+                    if taken is not None:
+                        bridges, domains, reasons = taken
+                        self.reconcile(bridges, "event: " + "; ".join(reasons[:3]), domains=domains)
+                self._guarded("metrics", lambda: self.metrics.tick(self))  # [metrics]
                 self.write_status()
         finally:
+            self.notifier.notify("STOPPING=1")
             self.metrics.stop()  # [metrics]
-            listener.close()
+            listener = self.listener or listener
+            try:
+                listener.close()
+            except Exception:  # noqa: BLE001
+                pass
             self.write_status(force=True, final=True)
             for src in self.sources:
                 try:
@@ -479,9 +708,10 @@ class Daemon:
     def _poll_source(self, src, now: float) -> None:
         try:
             self._source_due[id(src)] = src.poll(self, now)
-        except Exception as exc:  # noqa: BLE001
-            self._audit("error", error=f"event source {src.name}: {exc!r}", level="warning")
-            self._source_due[id(src)] = now + 5.0
+        except Exception as exc:  # noqa: BLE001 - audited once, counted, retried with backoff
+            self._source_due[id(src)] = now + self.fault(f"source {src.name}", exc)
+        else:
+            self.recovered(f"source {src.name}")
         self._status_dirty = True
 
     def _drain(self, listener, limit: int = MAX_EVENTS_PER_TURN) -> bool:
@@ -522,7 +752,12 @@ def render_status(status: dict, path: str) -> str:
     state = "running" if status.get("running") else ("stopped " + status.get("stopped", "")).strip()
     lines = [f"netmedic daemon: {state} (pid {status.get('pid')}, since {status.get('started')}; "
              f"status {path}, updated {status.get('updated')})",
-             f"policy: {status.get('policy')}" + ("  [dry-run]" if status.get("dry_run") else ""), "", "sources:"]
+             f"policy: {status.get('policy')}" + ("  [dry-run]" if status.get("dry_run") else "")]
+    health = status.get("health") if isinstance(status.get("health"), dict) else {}
+    if health:
+        lines.append(f"health: {health.get('state', '?')}")
+        lines += [f"  {w}" for w in (health.get("why") or [])[:10]]
+    lines += ["", "sources:"]
     for name, src in sorted((status.get("sources") or {}).items()):
         detail = ", ".join(f"{k}={v}" for k, v in src.items() if k != "state" and v not in (None, [], ""))
         lines.append(f"  {name:<10} {src.get('state', '?'):<13} {detail}")

@@ -30,7 +30,9 @@ class Dnsmasq:
     pid_file: str
     pid: Optional[int]  # from the pid file; None when there is no (readable) pid file
     alive: bool  # a dnsmasq process with that pid exists ...
-    same_netns: bool  # ... and runs in this network namespace
+    # ... and runs in this network namespace: None when that cannot be known (under the unit's
+    # capabilities /proc/PID/ns/net of another user's process is EACCES: unknown, not a violation)
+    same_netns: Optional[bool]
     cmdline: str = ""
 
 
@@ -62,7 +64,7 @@ LITERAL_IFNAME = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ
 def literal_ifname(name) -> bool:
     """True when `name` is an interface name no firewall tool reads as a pattern."""
     return isinstance(name, str) and 0 < len(name) <= 15 and set(name) <= LITERAL_IFNAME \
-        and name not in (".", "..")
+        and name not in (".", "..") and not name.startswith("-")
 
 
 NETMEDIC_COMMENT = "netmedic: accept bridged traffic of "  # + bridge name: the mark of netmedic's own rules

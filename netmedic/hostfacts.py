@@ -130,7 +130,10 @@ def read_dnsmasq(network: str, pid_dir: str) -> Dnsmasq:
     except OSError:
         return Dnsmasq(network, pid_file, pid, False, False)
     alive = comm == "dnsmasq"
-    same = alive and _netns_inode(str(pid)) == _netns_inode("self")
+    same: Optional[bool] = False
+    if alive:
+        theirs, mine = _netns_inode(str(pid)), _netns_inode("self")
+        same = None if theirs is None or mine is None else theirs == mine
     return Dnsmasq(network, pid_file, pid, alive, same, cmdline[:300])
 
 

@@ -66,5 +66,8 @@ def build_engine(policy, state_dir: Optional[str] = None, audit=None, domain_dir
 
     if policy is None or isinstance(policy, str):
         policy = load_policy(policy)
-    return Engine(policy, State(state_dir or DEFAULT_STATE_DIR), audit, domain_dir, network_dir,
-                  dry_run=dry_run, **kwargs)
+    engine = Engine(policy, State(state_dir or DEFAULT_STATE_DIR), audit, domain_dir, network_dir,
+                    dry_run=dry_run, **kwargs)
+    if audit is not None:  # a malformed state file moved aside, a state that cannot be written: audited
+        engine.state.report = engine._audit
+    return engine

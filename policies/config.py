@@ -57,16 +57,17 @@ def _onoff(value, choices):
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    rate_actions: int = 6  # heal actions per subject ...
+    rate_actions: int = 20  # heal actions per subject ...
     rate_window: float = 60.0  # ... per this many seconds
     global_actions: int = 120  # heal actions on the whole host per global_window
     global_window: float = 60.0
     max_attempts: int = 5  # failed attempts on a subject before giving up until it changes
     backoff_initial: float = 2.0  # seconds after the first failed attempt, doubling
     backoff_max: float = 300.0
-    breaker_trips: int = 4  # fixes of the same subject within breaker_window => it flaps: stop, alert
+    breaker_trips: int = 4  # fixes undone within breaker_hold, this many within breaker_window => a fight
     breaker_window: float = 600.0
-    breaker_cooldown: float = 1800.0
+    breaker_cooldown: float = 1800.0  # the longest pause (the first is shorter, doubling: bounds.py)
+    breaker_hold: float = 1.0  # a fix that held this long before the fault came back was not fought
     verify_retries: int = 5  # re-observations before a heal is declared failed
     verify_interval: float = 0.05
 
@@ -74,11 +75,24 @@ class Limits:
 # Counts where 0 would stop every heal with a misleading reason ("tripped after 0 fixes"): at least 1.
 LIMIT_MIN_ONE = ("rate_actions", "global_actions", "max_attempts", "breaker_trips")
 
+# The documented range of every numeric policy value (docs/policy.md), inclusive: anything outside is
+# refused by `policy check` and at load (a 1e12 verify.retries would wedge a pass, a 1e300 cooldown overflow).
+LIMIT_RANGES = {
+    "rate_actions": (1, 10000), "rate_window": (1, 86400),
+    "global_actions": (1, 100000), "global_window": (1, 86400),
+    "max_attempts": (1, 1000), "backoff_initial": (0, 3600), "backoff_max": (0, 86400),
+    "breaker_trips": (1, 1000), "breaker_window": (1, 86400), "breaker_cooldown": (1, 604800),
+    "breaker_hold": (0, 3600),
+    "verify_retries": (0, 100), "verify_interval": (0, 10),
+}
+RESYNC_MAX = 86400
+
 LIMIT_FIELDS = {
     "rate": {"actions": "rate_actions", "window": "rate_window"},
     "global_rate": {"actions": "global_actions", "window": "global_window"},
     "attempts": {"max": "max_attempts", "backoff_initial": "backoff_initial", "backoff_max": "backoff_max"},
-    "breaker": {"trips": "breaker_trips", "window": "breaker_window", "cooldown": "breaker_cooldown"},
+    "breaker": {"trips": "breaker_trips", "window": "breaker_window", "cooldown": "breaker_cooldown",
+                "hold": "breaker_hold"},
     "verify": {"retries": "verify_retries", "interval": "verify_interval"},
 }
 
@@ -250,6 +264,10 @@ def _limits(raw, base: Limits, path: str, doc: _Doc) -> Limits:
                 raise doc.error(kpath, f"must be an integer >= 0 (got {v!r})")
             if attr in LIMIT_MIN_ONE and v < 1:
                 raise doc.error(kpath, f"must be an integer >= 1 (got {v!r}; to stop healing use mode: observe)")
+            lo, hi = LIMIT_RANGES[attr]
+            if not lo <= v <= hi:
+                raise doc.error(kpath, f"must be {'an integer' if integer else 'a number'} from {lo:g} to {hi:g} "
+                                f"(got {v!r})")
             changes[attr] = type(getattr(base, attr))(v)
     return dataclasses.replace(base, **changes)
 
@@ -294,8 +312,8 @@ def parse(text: str, source: str = "<policy>") -> Policy:
         raise doc.error("kill_switch_file", "must be a path")
     resync = data.get("resync_interval", 60)
     if isinstance(resync, bool) or not isinstance(resync, (int, float)) or not math.isfinite(resync) \
-            or resync <= 0:
-        raise doc.error("resync_interval", f"must be a number of seconds > 0 (got {resync!r})")
+            or not 0 < resync <= RESYNC_MAX:
+        raise doc.error("resync_interval", f"must be a number of seconds > 0 and <= {RESYNC_MAX} (got {resync!r})")
     metrics_listen, metrics_textfile = _metrics(data.get("metrics"), doc)
     raw_scope = data.get("scope", {}) or {}
     if not isinstance(raw_scope, dict):

@@ -87,7 +87,8 @@ def test_stp_state_is_never_overridden(quiet):
 
 def test_circuit_breaker_trips_on_a_flapping_tap(quiet):
     lab, topo = quiet, quiet.topo
-    lab.nm.set_policy({"limits": {"breaker": {"trips": 3, "window": 600, "cooldown": 600}}})
+    # hold 60: each release below (within a minute of the fix) counts as another agent undoing it
+    lab.nm.set_policy({"limits": {"breaker": {"trips": 3, "window": 600, "cooldown": 600, "hold": 60}}})
     for i in range(3):
         topo.release(lab.host, lab.tap)
         report = lab.nm.heal_json()
