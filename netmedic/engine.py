@@ -216,6 +216,8 @@ class Engine:
             return self._not_applied(v, plan, "skipped", f"kill switch {self.policy.kill_switch_file} "
                                      "is present: not applied", fields)
         ok, why = guard.admit(v.key, ipol.limits)
+        if guard.took_close(v.key):
+            self._audit("breaker_closed", **fields, reason="the trial fix held: the fight is over")
         if not ok:
             if guard.took_trip(v.key):
                 self._audit("breaker_open", **fields, reason=why, level="alert")

@@ -362,6 +362,14 @@ def test_breaker_opens_after_repeated_fixes_and_alerts_once(tmp_path):
     assert engine.reconcile().outcomes[0].result == "skipped"  # open again at once, no second alert
     assert len([e for e in audit_lines(tmp_path) if e["event"] == "breaker_open"]) == 1
     assert [s.op for s in host.executed] == ["fdb_pin"] * 3
+    # The fight stops: the next trial fix holds past breaker.hold, and the close is audited once.
+    clock.now += 3600
+    assert engine.reconcile().outcomes[0].result == "healed"  # trial (the pin is gone again: 4th fix)
+    clock.now += 120  # held for longer than hold
+    host.fdb[(2, MAC1)] = fdb(MAC1, 3, 2)  # a routine event later: not a fight any more
+    assert engine.reconcile().outcomes[0].result == "healed"
+    closed = [e for e in audit_lines(tmp_path) if e["event"] == "breaker_closed"]
+    assert len(closed) == 1 and closed[0]["invariant"] == "fdb_ownership"
 
 
 def test_vm_restarts_are_not_flapping(tmp_path):
