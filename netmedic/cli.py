@@ -187,8 +187,9 @@ def cmd_heal(args) -> int:
 
 
 def cmd_daemon(args) -> int:
-    from netmedic.daemon import Daemon, load_daemon_policy
+    from netmedic.daemon import Daemon
     from netmedic.nl import Listener
+    from netmedic.settings import load_daemon_policy
     from netmedic.sources import NullListener
     from netmedic.sources.nm import NMSource
     from netmedic.state import DEFAULT_STATE_DIR
@@ -229,7 +230,7 @@ def _auto(value, args, default):
 
 
 def cmd_status(args) -> int:
-    from netmedic.daemon import render_status
+    from netmedic.status import render_status
 
     path = os.path.join(os.path.dirname(os.path.abspath(args.socket)), "status.json")
     try:

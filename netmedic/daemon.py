@@ -15,6 +15,11 @@ Other event sources (docs/event-sources.md):
     extra_domains() -> inventory.Domain list for the engine.
 Each only says *what changed*: dispatcher.submit() of the affected bridges. The daemon writes what it
 is doing to `status.json` next to its socket, which `netmedic status` shows.
+
+Why one module of ~700 lines: it is the event loop, and every part here (sources, listener,
+dispatcher turns, reloads, fault backoff, watchdog pings, status) reads and writes the loop's own state
+between two select() calls; the parts without that state live elsewhere (sources/, settings.py for the
+policy fallback, status.py for rendering, sdnotify.py, metrics.py).
 """
 from __future__ import annotations
 
@@ -32,7 +37,10 @@ from netmedic.dispatcher import Dispatcher
 from netmedic.errors import NetmedicError
 from netmedic.policies import config
 from netmedic.sdnotify import SdNotify
-from netmedic.settings import DEFAULT_SOCKET  # noqa: F401  (re-exported)
+from netmedic.settings import (
+    DEFAULT_SOCKET,  # noqa: F401  (re-exported)
+    save_last_good,
+)
 from netmedic.sources.eventsocket import EventSocket
 
 MAX_EVENTS_PER_TURN = 5000  # read at most this many before giving the reconcile its turn
@@ -59,56 +67,6 @@ def _iso(ts: float) -> str:
 
 MAX_DATAGRAM = 256 * 1024  # a hook's request carries the domain XML
 FAULT_BACKOFF_MAX = 60.0  # seconds: the longest wait before retrying what raised
-LAST_GOOD_POLICY = "policy.last-good.yaml"  # in the state directory
-
-
-def load_daemon_policy(path: Optional[str], mode: Optional[str], state_dir: Optional[str]):
-    """The policy the daemon starts with: the file, else (it cannot be read or is refused: the admin
-    must fix it, restarting would not help) the last good policy saved in the state directory, else
-    the shipped default. Returns (policy, problem or None)."""
-    try:
-        policy = config.load(path).with_mode(mode)
-    except (NetmedicError, RecursionError, MemoryError, ValueError) as exc:
-        problem = f"{type(exc).__name__}: {exc}" if not isinstance(exc, NetmedicError) else str(exc)
-    else:
-        save_last_good(policy, state_dir)
-        return policy, None
-    last = os.path.join(state_dir, LAST_GOOD_POLICY) if state_dir else None
-    if last and os.path.isfile(last):
-        try:
-            return config.load(last).with_mode(mode), problem
-        except (NetmedicError, RecursionError, MemoryError, ValueError):
-            pass
-    return config.load(config.SHIPPED_DEFAULT).with_mode(mode), problem
-
-
-def save_last_good(policy, state_dir: Optional[str]) -> None:
-    """Keep a copy of a policy that loaded, for a start-up when the file has gone bad."""
-    src = getattr(policy, "source", None)
-    if not state_dir or not src or not os.path.isfile(src) or src == config.SHIPPED_DEFAULT:
-        return
-    dst = os.path.join(state_dir, LAST_GOOD_POLICY)
-    if os.path.abspath(src) == os.path.abspath(dst):
-        return
-    tmp = f"{dst}.{os.getpid()}.tmp"
-    try:
-        with open(src, "rb") as fh:
-            data = fh.read(1 << 20)
-        try:
-            with open(dst, "rb") as fh:
-                if fh.read(1 << 20) == data:
-                    return
-        except OSError:
-            pass
-        os.makedirs(state_dir, mode=0o750, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, dst)
-    except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
 
 
 class Daemon:
@@ -745,31 +703,3 @@ class Daemon:
 def _nics_by_domain(inv) -> dict:
     """domain name -> the set of its NICs (mac, bridge, tap, vlans, ...), as of one inventory."""
     return {name: frozenset(dom.nics) for name, dom in inv.domains.items()}
-
-
-def render_status(status: dict, path: str) -> str:
-    """`netmedic status` in plain words."""
-    state = "running" if status.get("running") else ("stopped " + status.get("stopped", "")).strip()
-    lines = [f"netmedic daemon: {state} (pid {status.get('pid')}, since {status.get('started')}; "
-             f"status {path}, updated {status.get('updated')})",
-             f"policy: {status.get('policy')}" + ("  [dry-run]" if status.get("dry_run") else "")]
-    health = status.get("health") if isinstance(status.get("health"), dict) else {}
-    if health:
-        lines.append(f"health: {health.get('state', '?')}")
-        lines += [f"  {w}" for w in (health.get("why") or [])[:10]]
-    lines += ["", "sources:"]
-    for name, src in sorted((status.get("sources") or {}).items()):
-        detail = ", ".join(f"{k}={v}" for k, v in src.items() if k != "state" and v not in (None, [], ""))
-        lines.append(f"  {name:<10} {src.get('state', '?'):<13} {detail}")
-    lines += ["", "last events:"]
-    lines += [f"  {e['ts']}  {e['source']:<22} {e['detail']}" for e in status.get("last_events", [])[-10:]] \
-        or ["  (none)"]
-    lines += ["", "last heals:"]
-    heals = status.get("last_heals", [])[-10:]
-    for h in heals:
-        lines.append(f"  {h['ts']}  {h['trigger']}  [{h.get('correlation_id')}]")
-        lines += [f"      {r}" for r in h.get("results", []) + [f"released {x}" for x in h.get("released", [])]]
-    if not heals:
-        lines.append("  (none)")
-    lines += metrics.render_summary(status.get("metrics"))  # [metrics]
-    return "\n".join(lines)

@@ -11,6 +11,10 @@ status.json (`summary()`), which `netmedic status` shows.
 figures, but nothing is served or written (the daemon audits that once). The policy's `metrics:` section
 says where to serve (`listen`, off by default) and where to write node_exporter's textfile collector file
 (`textfile`, off by default); both are applied again when the policy is reloaded.
+
+Why one module of ~600 lines: every figure is declared, fed and rendered here (the daemon has only
+call sites marked [metrics]), so adding or renaming a metric — which the shipped alert rules and the
+dashboard depend on — is one place to read.
 """
 from __future__ import annotations
 

@@ -71,3 +71,61 @@ def build_engine(policy, state_dir: Optional[str] = None, audit=None, domain_dir
     if audit is not None:  # a malformed state file moved aside, a state that cannot be written: audited
         engine.state.report = engine._audit
     return engine
+
+
+LAST_GOOD_POLICY = "policy.last-good.yaml"  # in the state directory
+
+
+def load_daemon_policy(path: Optional[str], mode: Optional[str], state_dir: Optional[str]):
+    """(the daemon's; loads the plugins first, as load_policy does)
+    The policy the daemon starts with: the file, else (it cannot be read or is refused: the admin
+    must fix it, restarting would not help) the last good policy saved in the state directory, else
+    the shipped default. Returns (policy, problem or None)."""
+    from netmedic.errors import NetmedicError
+    from netmedic.policies import config
+
+    try:
+        policy = load_policy(path, mode)
+    except (NetmedicError, RecursionError, MemoryError, ValueError) as exc:
+        problem = f"{type(exc).__name__}: {exc}" if not isinstance(exc, NetmedicError) else str(exc)
+    else:
+        save_last_good(policy, state_dir)
+        return policy, None
+    last = os.path.join(state_dir, LAST_GOOD_POLICY) if state_dir else None
+    if last and os.path.isfile(last):
+        try:
+            return config.load(last).with_mode(mode), problem
+        except (NetmedicError, RecursionError, MemoryError, ValueError):
+            pass
+    return config.load(config.SHIPPED_DEFAULT).with_mode(mode), problem
+
+
+def save_last_good(policy, state_dir: Optional[str]) -> None:
+    """Keep a copy of a policy that loaded, for a start-up when the file has gone bad."""
+    from netmedic.policies import config
+
+    src = getattr(policy, "source", None)
+    if not state_dir or not src or not os.path.isfile(src) or src == config.SHIPPED_DEFAULT:
+        return
+    dst = os.path.join(state_dir, LAST_GOOD_POLICY)
+    if os.path.abspath(src) == os.path.abspath(dst):
+        return
+    tmp = f"{dst}.{os.getpid()}.tmp"
+    try:
+        with open(src, "rb") as fh:
+            data = fh.read(1 << 20)
+        try:
+            with open(dst, "rb") as fh:
+                if fh.read(1 << 20) == data:
+                    return
+        except OSError:
+            pass
+        os.makedirs(state_dir, mode=0o750, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, dst)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass

@@ -3,6 +3,9 @@ and the pyroute2 reads; the hot-path reads go through netmedic.nl.reader.RawRtnl
 
 Works with pyroute2 0.7.2 (Debian 12's python3-pyroute2) and 0.9.x (PyPI); pyroute2 is imported on
 first use. Acts only in the network namespace the process runs in.
+
+Why ~500 lines: each write and its pyroute2 0.7.2/0.9.x differences sit together (one method per
+kernel operation); splitting them would separate a write from the version quirks it depends on.
 """
 from __future__ import annotations
 

@@ -18,8 +18,9 @@ import time
 import pytest
 from conftest import fdb_entry, is_sticky_pin, nm_env
 
-from netmedic import cli
+from netmedic import cli, settings
 from netmedic import daemon as daemon_mod
+from netmedic import status as status_mod
 from netmedic.audit import Audit
 from netmedic.errors import InputError
 from netmedic.model import Subject, Violation
@@ -191,7 +192,7 @@ def test_an_exception_in_a_pass_is_audited_once_counted_and_retried_with_backoff
     assert len(errors) == 1 and "KeyError" in errors[0]["error"] and "Traceback" in errors[0]["traceback"]
     health = d.health()
     assert health["state"] == "degraded" and health["faults"]["reconcile"]["count"] == 3
-    assert "degraded" in daemon_mod.render_status({**d.status(), "running": True}, "x")
+    assert "degraded" in status_mod.render_status({**d.status(), "running": True}, "x")
     engine.fail = False
     assert d.reconcile(None, "test") is not None
     assert [f["failures"] for e, f in engine.events if e == "recovered"] == [3]
@@ -239,16 +240,16 @@ def test_a_broken_policy_at_start_runs_the_last_good_one_else_the_shipped_defaul
     good = tmp_path / "policy.yaml"
     good.write_text("version: 1\nresync_interval: 42\n")
     state_dir = str(tmp_path / "state")
-    policy, problem = daemon_mod.load_daemon_policy(str(good), None, state_dir)
+    policy, problem = settings.load_daemon_policy(str(good), None, state_dir)
     assert problem is None and policy.resync_interval == 42
     good.write_text("version: 1\ninvariants: " + "{a: " * 5000 + "}" * 5000 + "\n")
-    policy, problem = daemon_mod.load_daemon_policy(str(good), None, state_dir)
+    policy, problem = settings.load_daemon_policy(str(good), None, state_dir)
     assert "RecursionError" in problem and policy.resync_interval == 42  # the last good one
-    assert policy.source == os.path.join(state_dir, daemon_mod.LAST_GOOD_POLICY)
+    assert policy.source == os.path.join(state_dir, settings.LAST_GOOD_POLICY)
     os.unlink(policy.source)
     os.chmod(good, 0)
     good.write_text("version: 2\n")
-    policy, problem = daemon_mod.load_daemon_policy(str(good), None, state_dir)
+    policy, problem = settings.load_daemon_policy(str(good), None, state_dir)
     assert "version" in problem and policy.source == config.SHIPPED_DEFAULT
 
 
