@@ -343,8 +343,9 @@ def test_fifo_in_the_domain_dir_is_refused_without_hanging_and_a_missing_dir_is_
 
 
 def test_names_iptables_would_read_as_patterns_never_reach_a_rule():
-    from healers import netfilter_accept
+    from netmedic.healers import HEALERS
 
+    netfilter_accept = HEALERS["netfilter_accept"]
     for name in ("+", "br+", "vm*", "br[0]", "!br0"):
         assert unsafe_ifname(name)
         v = Violation("bridge_netfilter", "blackholed", Subject(bridge=name), "m",
@@ -503,11 +504,10 @@ def test_dnsmasq_of_another_user_under_the_units_capabilities_is_unknown_not_a_v
 def test_vm_start_hook_pins_on_a_full_disk(tmp_path, topo, tmpfs):
     """Issue 12: with /var/log full the audit line written before the change raised, and the VM-start
     hook exited 0 *without pinning*. Now the pin is made; the audit goes to stderr (libvirtd's log)."""
-    from tests.test_hook import VM_MAC, HookRig, _domain_xml
-
     from netmedic import hooks
     from netmedic import lab as netlab
     from tests.conftest import ROOT
+    from tests.integration.test_hook import VM_MAC, HookRig, _domain_xml
 
     ns = topo.netns("host", ipv6=False)
     guest = topo.netns("guest", ipv6=False)
