@@ -1,8 +1,8 @@
 """`python -m bench [--quick] [--only FIG,...] [--out FILE] [--json FILE] [--seed-seconds S]`
 
-Figures (docs/benchmarks.md explains each): reconcile, events, protect, footprint, guard, seed, hook, virsh.
-`events`, `protect` and `footprint` share one daemon run on the big host; `guard` (time to protect with
-the reflection guard) runs a daemon of its own there, with `remedy: guard`.
+Figures (docs/benchmarks.md explains each): reconcile, events, protect, footprint, scrape, guard, seed, hook,
+virsh, firewall. `events`, `protect`, `footprint` and `scrape` share one daemon run on the big host; `guard`
+(time to protect with the reflection guard) runs a daemon of its own there, with `remedy: guard`.
 """
 from __future__ import annotations
 
@@ -23,16 +23,18 @@ import yaml
 from bench import host as hostmod
 from bench import report
 from bench.stats import summary
-from netmedic import labnet
+from netmedic.lab import PROBER, Topology, build_seed_case, tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIGURES = ("reconcile", "events", "protect", "footprint", "guard", "seed", "hook", "virsh")
+FIGURES = ("reconcile", "events", "protect", "footprint", "scrape", "guard", "seed", "hook", "virsh", "firewall")
+METRICS_LISTEN = "127.0.0.1:29110"  # every daemon serves its metrics, as on a host Prometheus scrapes
 FULL = {"vms": 1000, "bridges": 4, "fdb": 50000, "repeat": 5, "protect": 8, "heal": 3, "idle": 62, "idle_windows": 3,
         "storm_rate": 20000, "storm_seconds": 10, "rates": [5000, 10000, 20000, 40000, 0],
-        "seed_seconds": 60, "hook_vms": 200, "hook_repeat": 7, "virsh_repeat": 10}
+        "seed_seconds": 60, "hook_vms": 200, "hook_repeat": 7, "virsh_repeat": 10, "scrape_repeat": 50,
+        "fw_trials": 100, "fw_repeat": 7}
 QUICK = {"vms": 40, "bridges": 2, "fdb": 2000, "repeat": 2, "protect": 3, "heal": 2, "idle": 3, "idle_windows": 1,
          "storm_rate": 5000, "storm_seconds": 2, "rates": [5000, 0], "seed_seconds": 3, "hook_vms": 20,
-         "hook_repeat": 2, "virsh_repeat": 2}
+         "hook_repeat": 2, "virsh_repeat": 2, "scrape_repeat": 10, "fw_trials": 5, "fw_repeat": 2}
 
 
 def log(msg: str) -> None:
@@ -54,6 +56,7 @@ def bench_policy(path: str, workdir: str) -> str:
     data["limits"]["global_rate"] = {"actions": 100000, "window": 60}
     data["limits"]["breaker"] = {"trips": 100000, "window": 600, "cooldown": 1}
     data["kill_switch_file"] = os.path.join(workdir, "kill-switch")
+    data["metrics"] = {"listen": METRICS_LISTEN}  # on each namespace's own loopback
     with open(path, "w") as fh:
         yaml.safe_dump(data, fh)
     return path
@@ -181,7 +184,7 @@ def run_storm(topo, h, d, lines, injected, rate, seconds, heal_timeout) -> dict:
     cpu0, t0 = d.stat.cpu(), time.monotonic()
     pacer = subprocess.Popen([sys.executable, "-m", "bench.pace", lines, str(rate), str(seconds)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env())
-    batch = subprocess.Popen([labnet._tool("bridge"), "-n", h.ns, "-force", "-batch", "-"], stdin=pacer.stdout,
+    batch = subprocess.Popen([tool("bridge"), "-n", h.ns, "-force", "-batch", "-"], stdin=pacer.stdout,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     pacer.stdout.close()
     batch.wait(seconds + 120)
@@ -231,6 +234,11 @@ def fig_daemon(topo, h, sc, workdir, policy, only) -> dict:
         cpu_start = d.stat.cpu()
         out["startup"] = {"seconds": startup, "cpu_seconds": cpu_start,
                           "reconcile_ms": [r.get("duration_ms") for r in d.audit("reconciled")][0]}
+        if "scrape" in only:
+            log(f"scrape: GET /metrics × {sc['scrape_repeat']}")
+            out["scrape"] = worker(topo, h.ns, "scrape", {"url": f"http://{METRICS_LISTEN}/metrics",
+                                                           "pid": d.proc.pid, "repeat": sc["scrape_repeat"]}, workdir)
+            out["scrape"]["vms"] = len(h.vms)
         if "footprint" in only:
             # back-to-back windows of 62 s: with the resync every 60 s (+ the pass), each holds one resync
             log(f"footprint: idle for {sc['idle_windows']} × {sc['idle']} s")
@@ -341,24 +349,24 @@ def fig_seed(sc, workdir, seconds) -> dict:
     """The founding case with reflection on: without netmedic (baseline), then with the daemon running
     when the VM starts (tap enslaved + domain XML written), the VM pinging its gateway every 10 ms."""
     out = {}
-    with labnet.Topology("nmbs") as topo:
+    with Topology("nmbs") as topo:
         _seed_baseline(topo, workdir, seconds, out)
-    with labnet.Topology("nmbs") as topo:
+    with Topology("nmbs") as topo:
         _seed_netmedic(topo, workdir, seconds, out)
     return out
 
 
 def _seed_baseline(topo, workdir, seconds, out) -> None:
-    lab = labnet.build_seed_case(topo, os.path.join(workdir, "seed-base"), reflect=True)
+    lab = build_seed_case(topo, os.path.join(workdir, "seed-base"), reflect=True)
     base_n = max(100, int(min(seconds, 5) / 0.01))
-    res = topo.run(lab.vm, sys.executable, "-I", "-S", "-c", labnet._PROBER, lab.gw_ip, str(base_n), "0.05",
+    res = topo.run(lab.vm, sys.executable, "-I", "-S", "-c", PROBER, lab.gw_ip, str(base_n), "0.05",
                    "0.01", timeout=base_n * 0.1 + 30)
     sent, got = (int(x) for x in res.stdout.split())
     out["baseline"] = {"sent": sent, "lost": sent - got}
 
 
 def _seed_netmedic(topo, workdir, seconds, out) -> None:
-    lab = labnet.build_seed_case(topo, os.path.join(workdir, "seed-nm"), reflect=True)
+    lab = build_seed_case(topo, os.path.join(workdir, "seed-nm"), reflect=True)
     xml = os.path.join(lab.domain_xml_dir, f"{lab.domain}.xml")
     saved = os.path.join(workdir, "seedvm.xml")
     shutil.move(xml, saved)  # the VM is not running yet: no run-state XML, tap not a port
@@ -379,7 +387,7 @@ def _seed_netmedic(topo, workdir, seconds, out) -> None:
             time.sleep(0.01)
         out["pinned_after_s"] = time.monotonic() - t0
         n = int(seconds / 0.01)
-        res = topo.run(lab.vm, sys.executable, "-I", "-S", "-c", labnet._PROBER, lab.gw_ip, str(n), "0.2",
+        res = topo.run(lab.vm, sys.executable, "-I", "-S", "-c", PROBER, lab.gw_ip, str(n), "0.2",
                        "0.01", timeout=n * 0.05 + 60)
         sent, got = (int(x) for x in res.stdout.split())
         out["netmedic"] = {"sent": sent, "lost": sent - got, "seconds": seconds,
@@ -478,10 +486,10 @@ def main(argv=None) -> int:
     results: dict = {"machine": machine(), "quick": args.quick, "scale": sc, "only": only}
     t_start = time.monotonic()
     workdir = tempfile.mkdtemp(prefix="netmedic-bench-")
-    topo = labnet.Topology("nmb")
+    topo = Topology("nmb")
     try:
         policy = bench_policy(os.path.join(workdir, "policy.yaml"), workdir)
-        need_host = set(only) & {"reconcile", "events", "protect", "footprint", "guard"}
+        need_host = set(only) & {"reconcile", "events", "protect", "footprint", "scrape", "guard"}
         h = None
         if need_host:
             log(f"building the host: {sc['vms']} taps on {sc['bridges']} bridges, {sc['fdb']} fdb entries")
@@ -492,7 +500,7 @@ def main(argv=None) -> int:
             results["reconcile"] = fig_reconcile(topo, h, sc, workdir, policy)
         if "events" in only:
             results["consume"] = fig_consume(topo, h, sc, workdir)
-        if set(only) & {"events", "protect", "footprint"}:
+        if set(only) & {"events", "protect", "footprint", "scrape"}:
             results["daemon"] = fig_daemon(topo, h, sc, workdir, policy, only)
         if "guard" in only:
             results["guard"] = fig_guard(topo, h, sc, workdir, policy)
@@ -503,6 +511,11 @@ def main(argv=None) -> int:
 
             log("virsh: `virsh start` of a 4-NIC VM with and without the hook (real libvirtd)")
             results["virsh"] = virsh.fig_virsh(sc, workdir)
+        if "firewall" in only:
+            from bench import firewall
+
+            log("firewall: forwarding / firewall change -> heal, and a no-op pass over a 5,000-rule ruleset")
+            results["firewall"] = firewall.fig_firewall(topo, sc, workdir, policy)
         if "seed" in only:
             log(f"seed: reflection on, pinging every 10 ms for {seed_seconds:g} s")
             results["seed"] = fig_seed(sc, workdir, seed_seconds)

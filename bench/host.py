@@ -1,5 +1,5 @@
 """The benchmark host: N VM "taps" on B bridges with a large fdb and libvirt run-state XML for every
-VM, built inside a network namespace of a labnet.Topology with `ip -batch` / `bridge -batch` files
+VM, built inside a network namespace of a netmedic.lab.Topology with `ip -batch` / `bridge -batch` files
 (thousands of links and entries in a few seconds; one `ip` call per link would take minutes).
 
 A tap is the host end of a veth pair whose peer stays, unenslaved, in the same namespace (this kernel
@@ -16,7 +16,8 @@ import shutil
 import time
 from typing import Optional
 
-from netmedic import labnet
+from netmedic.lab import Topology, tap_mac_for, write_domain_xml
+from netmedic.lab import tool as lab_tool
 
 
 @dataclasses.dataclass
@@ -52,13 +53,13 @@ def lan_mac(i: int) -> str:
     return f"02:00:{i >> 24 & 255:02x}:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}"
 
 
-def _batch(topo: labnet.Topology, tool: str, ns: str, lines: list, path: str, timeout: float = 300) -> None:
+def _batch(topo: Topology, tool: str, ns: str, lines: list, path: str, timeout: float = 300) -> None:
     with open(path, "w") as fh:
         fh.write("".join(line + "\n" for line in lines))
-    topo._exec([labnet._tool(tool), "-n", topo._own(ns), "-batch", path], timeout=timeout)
+    topo.execute([lab_tool(tool), "-n", topo.own(ns), "-batch", path], timeout=timeout)
 
 
-def build_host(topo: labnet.Topology, short: str, workdir: str, vms: int, bridges: int, fdb_entries: int,
+def build_host(topo: Topology, short: str, workdir: str, vms: int, bridges: int, fdb_entries: int,
                pin: bool = True, prefix: str = "br", mac_base: int = 0x10,
                ns: Optional[str] = None) -> Host:
     """Build the host in a new namespace ``short`` of ``topo`` (or in ``ns`` when given).
@@ -90,7 +91,7 @@ def build_host(topo: labnet.Topology, short: str, workdir: str, vms: int, bridge
         b = names[i % bridges]
         vm = Vm(domain=f"{prefix}vm{i:04d}", tap=f"{prefix}t{i}", mac=vm_mac(i, mac_base), bridge=b)
         host.vms.append(vm)
-        links.append(f"link add name {vm.tap} address {labnet.tap_mac_for(vm.mac)} type veth "
+        links.append(f"link add name {vm.tap} address {tap_mac_for(vm.mac)} type veth "
                      f"peer name {vm.tap}p")
         links.append(f"link set {vm.tap} master {b}")
     ups = [f"link set {n} up" for n in names]
@@ -112,6 +113,6 @@ def build_host(topo: labnet.Topology, short: str, workdir: str, vms: int, bridge
     if fdb:
         _batch(topo, "bridge", ns, fdb, os.path.join(workdir, "fdb.batch"))
     for vm in host.vms:
-        labnet.write_domain_xml(domain_dir, vm.domain, [{"mac": vm.mac, "bridge": vm.bridge, "tap": vm.tap}])
+        write_domain_xml(domain_dir, vm.domain, [{"mac": vm.mac, "bridge": vm.bridge, "tap": vm.tap}])
     host.build_seconds = time.monotonic() - t0
     return host

@@ -2,7 +2,7 @@
 
 Baseline: the same `virsh start` with no netmedic hook installed, measured in the same run. Modes
 alternate round by round (ABBA order); hooks are read only at libvirtd start, so each mode change
-restarts libvirtd (in a network namespace of our own, as tests/test_libvirt.py does):
+restarts libvirtd (in a network namespace of our own, as tests/integration/test_libvirt.py does):
 
   nohook   no netmedic hook file under /etc/libvirt/hooks, no daemon
   hook     netmedic's qemu and network hooks installed (as the tests render them) and its daemon running
@@ -13,7 +13,7 @@ the phases and the VM's MACs are pinned static sticky on their taps), then K tim
 the `virsh start` process), each followed by an untimed `virsh destroy` and a wait until the domain is
 fully stopped (and, in hook mode, until the daemon audited `release end`).
 
-Uses the harness of tests/test_libvirt.py (Libvirt, the checks, the flock on /etc/libvirt/hooks that
+Uses the harness of tests/integration/test_libvirt.py (Libvirt, the checks, the flock on /etc/libvirt/hooks that
 makes test runs and this figure take turns). Refuses (returns {"skipped": reason}) when libvirt is not
 installed, when a libvirtd already runs, when other hooks are installed or when the lock stays held.
 """
@@ -51,9 +51,9 @@ def _version(argv) -> str:
 
 def fig_virsh(sc: dict, workdir: str) -> dict:
     try:
-        from tests import test_libvirt as tl
+        from tests.integration import test_libvirt as tl
     except Exception as exc:  # noqa: BLE001 - pytest or the harness missing: not measurable here
-        return {"skipped": f"tests/test_libvirt.py is not importable: {exc!r}"}
+        return {"skipped": f"tests/integration/test_libvirt.py is not importable: {exc!r}"}
     if os.geteuid() != 0:
         return {"skipped": "needs root"}
     for tool in ("libvirtd", "virtlogd", "virsh", "qemu-system-x86_64"):

@@ -35,18 +35,16 @@ def _children_cpu() -> float:
 # --- figure 1: full reconcile ------------------------------------------------------------------------
 def reconcile(cfg: dict) -> dict:
     from netmedic.audit import Audit
-    from netmedic.engine import Engine
-    from netmedic.policies import config
-    from netmedic.state import State
+    from netmedic.settings import build_engine, load_policy
 
     bridges = cfg["bridges"]
     entries = 0
     for br in bridges:
         out = subprocess.run(["bridge", "-j", "fdb", "show", "br", br], capture_output=True, check=True).stdout
         entries += len(json.loads(out or b"[]"))
-    policy = config.load(cfg["policy"])
+    policy = load_policy(cfg["policy"])
     audit = Audit(cfg["audit_log"], trigger="bench")
-    engine = Engine(policy, State(cfg["state_dir"]), audit, cfg["domain_dir"], cfg["network_dir"])
+    engine = build_engine(policy, cfg["state_dir"], audit, cfg["domain_dir"], cfg["network_dir"])
     cmd = [sys.executable, "-m", "netmedic", "heal", "--domain-xml-dir", cfg["domain_dir"],
            "--network-xml-dir", cfg["network_dir"], "--policy", cfg["policy"], "--audit-log",
            cfg["audit_log"], "--state-dir", cfg["state_dir"]]
@@ -229,7 +227,7 @@ def _ip_batch(lines) -> None:
 
 
 def protect(cfg: dict) -> dict:
-    from netmedic import labnet
+    from netmedic.lab import tap_mac_for, write_domain_xml
 
     br = cfg["bridge"]
     watch = _Watch()
@@ -237,8 +235,8 @@ def protect(cfg: dict) -> dict:
     try:
         for i in range(cfg["repeat"]):
             tap, mac = f"pt{i}", cfg["macs"][i]
-            labnet.write_domain_xml(cfg["domain_dir"], f"pvm{i}", [{"mac": mac, "bridge": br, "tap": tap}])
-            _ip_batch([f"link add name {tap} address {labnet.tap_mac_for(mac)} type veth peer name {tap}p",
+            write_domain_xml(cfg["domain_dir"], f"pvm{i}", [{"mac": mac, "bridge": br, "tap": tap}])
+            _ip_batch([f"link add name {tap} address {tap_mac_for(mac)} type veth peer name {tap}p",
                        f"link set {tap}p up", f"link set {tap} master {br}", f"link set {tap} up"])
             br_index = _ifindex(br)
             t_tap = watch.wait(lambda ev, t=tap, b=br_index: ev.kind == "link" and ev.name == t
@@ -304,7 +302,7 @@ class _NftWatch:
 def protect_guard(cfg: dict) -> dict:
     """Time to protect with the reflection guard: from the tap's link event (enslaved) to the nf_tables
     event of the new set element holding the VM's MAC (the guard's transaction committed)."""
-    from netmedic import labnet
+    from netmedic.lab import tap_mac_for, write_domain_xml
 
     br = cfg["bridge"]
     watch, nft = _Watch(), _NftWatch()
@@ -312,8 +310,8 @@ def protect_guard(cfg: dict) -> dict:
     try:
         for i in range(cfg["repeat"]):
             tap, mac = f"gt{i}", cfg["macs"][i]
-            labnet.write_domain_xml(cfg["domain_dir"], f"gvm{i}", [{"mac": mac, "bridge": br, "tap": tap}])
-            _ip_batch([f"link add name {tap} address {labnet.tap_mac_for(mac)} type veth peer name {tap}p",
+            write_domain_xml(cfg["domain_dir"], f"gvm{i}", [{"mac": mac, "bridge": br, "tap": tap}])
+            _ip_batch([f"link add name {tap} address {tap_mac_for(mac)} type veth peer name {tap}p",
                        f"link set {tap}p up", f"link set {tap} master {br}", f"link set {tap} up"])
             br_index = _ifindex(br)
             t_tap = watch.wait(lambda ev, t=tap, b=br_index: ev.kind == "link" and ev.name == t
@@ -386,8 +384,37 @@ def hook(cfg: dict) -> dict:
     return {**rows, "rc": rcs}
 
 
+# --- figure 8: the cost of a Prometheus scrape of the daemon --------------------------------------------
+def scrape(cfg: dict) -> dict:
+    """GET /metrics on a new connection each time (as Prometheus does after an idle interval), body read in
+    full; the daemon's CPU per scrape from /proc."""
+    import urllib.request
+
+    def cpu():
+        with open(f"/proc/{cfg['pid']}/stat") as fh:
+            f = fh.read().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+    body = b""
+    for _ in range(3):  # warm: the first scrape after startup builds the registry
+        with urllib.request.urlopen(cfg["url"], timeout=10) as r:
+            body = r.read()
+    seconds = []
+    cpu0 = cpu()
+    for _ in range(cfg["repeat"]):
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(cfg["url"], timeout=10) as r:
+            body = r.read()
+        seconds.append(time.perf_counter() - t0)
+        time.sleep(cfg.get("gap", 0.05))
+    lines = body.decode().splitlines()
+    return {"seconds": seconds, "bytes": len(body), "daemon_cpu_per_scrape_s": (cpu() - cpu0) / cfg["repeat"],
+            "samples": sum(1 for x in lines if x and not x.startswith("#")),
+            "vm_nic_info": sum(1 for x in lines if x.startswith("netmedic_vm_nic_info{"))}
+
+
 FIGURES = {"reconcile": reconcile, "consume": consume, "protect": protect, "protect_guard": protect_guard,
-           "heal": heal, "hook": hook}
+           "heal": heal, "hook": hook, "scrape": scrape}
 
 
 def main(argv) -> int:

@@ -1,4 +1,6 @@
-"""The dispatcher: turns any event (netlink, libvirt, NetworkManager, hook, udev, timer) into a
+"""dispatcher/ is the design card's coalescer: events in, coalesced reconcile requests out (nothing else).
+
+The dispatcher: turns any event (netlink, libvirt, NetworkManager, hook, udev, timer) into a
 reconcile request for the affected bridges, coalesced. Events only say *what changed*; the reconcile
 they lead to observes the whole relevant state afresh.
 

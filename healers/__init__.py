@@ -14,6 +14,7 @@ from netmedic.healers import (
     ip_forward,
     mtu_set,
     netfilter_accept,
+    nft_accept,
     port_state,
     quarantine,
     reattach,
@@ -21,15 +22,14 @@ from netmedic.healers import (
     vlan_add,
 )
 
-BUILTIN = (fdb_pin, reflection_guard, reattach, port_state, ip_forward, netfilter_accept, quarantine, mtu_set, vlan_add)
+BUILTIN = (fdb_pin, reflection_guard, reattach, port_state, ip_forward, netfilter_accept, nft_accept, quarantine, mtu_set,
+           vlan_add)
 HEALERS = {m.PLUGIN.NAME: plugin.validate_healer(m.PLUGIN) for m in BUILTIN}
 
 
 def load_entry_points() -> None:
     """Add third-party healers registered under the `netmedic.healers` entry-point group."""
-    for healer in plugin.entry_points("netmedic.healers"):
-        healer = plugin.validate_healer(healer)
-        HEALERS.setdefault(healer.NAME, healer)
+    plugin.register_entry_points("netmedic.healers", HEALERS, plugin.validate_healer)
 
 
 def for_record(record: dict):

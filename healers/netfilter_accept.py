@@ -3,7 +3,7 @@ backend whose policy drops a VM bridge's traffic. The rule is recorded as netmed
 edits or removes any other rule. Observe-only by default (firewall changes are the admin's call)."""
 from __future__ import annotations
 
-from netmedic.facts import bridge_accept_rule
+from netmedic.facts import bridge_accept_rule, literal_ifname
 from netmedic.model import Plan, Step
 from netmedic.plugin import Healer, Release
 
@@ -16,6 +16,8 @@ class NetfilterAccept(Healer):
 
     def plan(self, violation, snapshot, options):
         bridge = violation.subject.bridge
+        if not literal_ifname(bridge):
+            return None, f"bridge name {bridge!r} would be read as a pattern by iptables: no rule is written for it"
         backend = violation.evidence["backend"]
         rule = bridge_accept_rule(bridge)
         step = Step("iptables", {"backend": backend, "args": ["-I", "FORWARD", "1", *rule]},

@@ -13,8 +13,8 @@ class VlanAdd(Healer):
 
     def plan(self, violation, snapshot, options):
         s = violation.subject
-        tap, br = snapshot.link(s.port), snapshot.bridge(s.bridge)
-        if tap is None or br is None or tap.master != br.index:
+        tap = snapshot.port_on(s.bridge, s.port)
+        if tap is None:
             return None, f"{s.port} is no longer a port of {s.bridge}"
         ids = {"port": s.port, "port_index": tap.index}
         have = {v["vid"]: v for v in violation.evidence["have"]}

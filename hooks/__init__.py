@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import os
 
-from netmedic.notify import SETTINGS
+from netmedic.settings import ENVIRONMENT, from_environ
 
 # The same variables and defaults as the dispatcher and udev programs, plus the hook's own timeouts.
 DEFAULTS = {
-    **SETTINGS,
+    **ENVIRONMENT,
     "timeout": ("NETMEDIC_HOOK_TIMEOUT", "15"),
     "daemon_timeout": ("NETMEDIC_HOOK_DAEMON_TIMEOUT", "5"),
 }
@@ -39,8 +39,7 @@ INSTALL_PATHS = {"qemu": "/etc/libvirt/hooks/qemu.d/netmedic",
 
 
 def settings(environ=None) -> dict:
-    env = os.environ if environ is None else environ
-    return {key: (env.get(var) or default) for key, (var, default) in DEFAULTS.items()}
+    return from_environ(environ, DEFAULTS)
 
 
 def render_script(kind: str, python: str, env=None, pythonpath=None) -> str:

@@ -70,17 +70,16 @@ class Hook:
 
     def policy(self):
         if self._policy is None:
-            from netmedic.policies import config
+            from netmedic.settings import load_policy
 
-            self._policy = config.load(self.cfg["policy"])
+            self._policy = load_policy(self.cfg["policy"])
         return self._policy
 
     def engine(self, extra_domains=()):
-        from netmedic.engine import Engine
-        from netmedic.state import State
+        from netmedic.settings import build_engine
 
-        eng = Engine(self.policy(), State(self.cfg["state_dir"]), self.audit(), self.cfg["domain_dir"],
-                     self.cfg["network_dir"])
+        eng = build_engine(self.policy(), self.cfg["state_dir"], self.audit(), self.cfg["domain_dir"],
+                           self.cfg["network_dir"])
         eng.extra_domains = list(extra_domains)
         self.engines.append(eng)
         return eng
@@ -89,7 +88,8 @@ class Hook:
         """Domains between libvirt's `start` and `started` hooks: libvirt writes a domain's run-state
         XML only after `start begin` (where its hook pinned), so a reconcile of the same bridge by
         another VM's hook would take those fresh pins for a stopped VM's. Rebuilt from netmedic's
-        records: pins younger than STARTING_GRACE on a tap that exists, of a domain with no XML yet."""
+        records of VM NICs (a pin, ...) younger than STARTING_GRACE on a tap that exists, of a domain
+        with no XML yet."""
         import calendar
 
         from netmedic import inventory
@@ -100,7 +100,7 @@ class Hook:
         nics: dict = {}
         for rec in records.values():
             name, port = rec.get("domain"), rec.get("port")
-            if rec.get("kind") != "fdb_pin" or not name or name == exclude or not port:
+            if not name or name == exclude or not port or not rec.get("mac"):
                 continue
             if os.path.exists(os.path.join(self.cfg["domain_dir"], f"{name}.xml")):
                 continue

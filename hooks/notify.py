@@ -14,7 +14,7 @@ import os
 import socket
 
 # One client for the event socket: the dispatcher script's and udev's (stdlib only as well).
-from netmedic.notify import DEFAULT_SOCKET, MAX_EVENT_BYTES, post, socket_path  # noqa: F401
+from netmedic.sources.client import DEFAULT_SOCKET, MAX_EVENT_BYTES, post, socket_path  # noqa: F401
 
 
 def request(event: dict, path=None, timeout: float = 5.0):

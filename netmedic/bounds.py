@@ -1,5 +1,5 @@
 """The bounds on healing: per-subject rate limit, global rate limit, attempt cap with exponential
-backoff, and a circuit breaker for subjects that break again after every fix.
+backoff, and a circuit breaker for subjects whose every fix is undone within seconds (a fight).
 
 Pure logic over a JSON-able dict (persisted in the state file) and an injected clock, so it is
 tested deterministically.
@@ -12,6 +12,7 @@ from typing import Callable, Optional
 from netmedic.policies.config import Limits
 
 GLOBAL = "__global__"
+BREAKER_FIRST_PAUSE = 30.0  # seconds of the first pause of an open breaker (doubling up to the cooldown)
 
 
 class Guard:
@@ -28,28 +29,47 @@ class Guard:
         return [t for t in times if now - t < window]
 
     def admit(self, key: str, limits: Limits) -> tuple:
-        """(True, '') when an action on this subject may run now, else (False, why)."""
+        """(True, '') when an action on this subject may run now, else (False, why).
+
+        Called when the subject is found broken. The circuit breaker tells a fight from a routine: a
+        fix undone within `breaker_hold` seconds (another agent reverting netmedic) counts against the
+        subject; a fix that held until the next discrete event broke it again (a bridge re-created,
+        NetworkManager re-activating it, a VM restarted) does not, however often that happens, and ends
+        the streak. Only `breaker_trips` quick undos in a row within `breaker_window` open the breaker. Open, it pauses for a
+        while (30 s at first, doubling on each re-open up to `breaker_cooldown`), then allows one trial
+        fix: undone quickly again, it re-opens; held, the fight is over and the breaker closes."""
         now = self.clock()
         s = self._subject(key)
         if s["open_until"] > now:
-            return False, (f"circuit breaker open: fixed {limits.breaker_trips} times within "
-                           f"{limits.breaker_window:g}s, paused until {_iso(s['open_until'])}")
-        s["fixes"] = self._recent(s["fixes"], now, limits.breaker_window)
-        # After the cooldown the breaker is half-open: one fix is allowed; broken again within the
-        # window, it opens again at once. A trial fix that holds for a whole window closes it.
+            return False, (f"circuit breaker open: fixed and undone within {limits.breaker_hold:g}s "
+                           f"{limits.breaker_trips} times within {limits.breaker_window:g}s (another agent "
+                           f"is reverting netmedic), paused until {_iso(s['open_until'])}")
+        last = s.pop("last_fix", None)
+        undone = last is not None and now - last < limits.breaker_hold
+        s["fixes"] = self._recent(s["fixes"], now, limits.breaker_window)  # the streak of quick undos
+        if undone:
+            s["fixes"].append(now)
+        elif last is not None:  # a fix held: whatever came before was no fight (a re-activation
+            s["fixes"] = []     # that detaches a tap twice undoes the first fix at once, not the second)
         trial = bool(s.get("trial"))
-        if trial and not s["fixes"] and now - s["open_until"] >= limits.breaker_window:
+        if trial and last is not None and not undone:  # the trial fix held: the fight is over
             trial = s["trial"] = False
-        if len(s["fixes"]) >= (1 if trial else limits.breaker_trips):
-            s["open_until"] = now + limits.breaker_cooldown
+            s["pauses"] = 0
             s["fixes"] = []
-            s["tripped"] = True  # the engine reports the trip once
+            s["closed"] = True  # the engine may report the close once (took_close)
+        if (trial and undone) or len(s["fixes"]) >= limits.breaker_trips:
+            pause = min(limits.breaker_cooldown, BREAKER_FIRST_PAUSE * (2 ** s.get("pauses", 0)))
+            s["pauses"] = s.get("pauses", 0) + 1
+            s["open_until"] = now + pause
+            s["fixes"] = []
+            s["tripped"] = not trial  # the engine reports the trip once; a failed trial is no news
             s["trial"] = True
             if trial:
-                return False, (f"circuit breaker tripped again: broken again after the one fix allowed "
-                               f"after the cooldown; paused for {limits.breaker_cooldown:g}s")
-            return False, (f"circuit breaker tripped: broken again after each of {limits.breaker_trips} "
-                           f"fixes within {limits.breaker_window:g}s; paused for {limits.breaker_cooldown:g}s")
+                return False, (f"circuit breaker re-opened: the trial fix was undone within "
+                               f"{limits.breaker_hold:g}s again; paused for {pause:g}s")
+            return False, (f"circuit breaker tripped: each of {limits.breaker_trips} fixes within "
+                           f"{limits.breaker_window:g}s was undone within {limits.breaker_hold:g}s (another "
+                           f"agent is reverting netmedic); paused for {pause:g}s, then one trial fix")
         if s["failures"] >= limits.max_attempts and s["next_try"] > now:
             return False, (f"gave up after {s['failures']} failed attempts; one more try at "
                            f"{_iso(s['next_try'])}")
@@ -77,9 +97,18 @@ class Guard:
             s["domain"] = domain  # so that the VM's stop can forget it (forget_domain)
         self._subject(GLOBAL)["actions"].append(now)
 
+    def took_close(self, key: str) -> bool:
+        """True once after the breaker of this subject closed (its trial fix held)."""
+        s = self._subject(key)
+        return bool(s.pop("closed", False))
+
+    def is_open(self, key: str) -> bool:
+        s = self.store.get(key)
+        return bool(s and (s["open_until"] > self.clock() or s.get("trial")))
+
     def succeeded(self, key: str) -> None:
         s = self._subject(key)
-        s["fixes"].append(self.clock())
+        s["last_fix"] = self.clock()
         s["failures"] = 0
         s["next_try"] = 0.0
 
@@ -92,11 +121,12 @@ class Guard:
         s["next_try"] = self.clock() + delay
 
     def next_retry(self, keys) -> Optional[float]:
-        """The earliest end of a backoff among these subjects (None: nothing is waiting), so that a
-        level-triggered loop comes back when a failed fix may be tried again."""
+        """The earliest end of a backoff or of an open breaker's pause among these subjects (None:
+        nothing is waiting), so that a level-triggered loop comes back when a fix may be tried again
+        (the breaker's trial fix comes when its pause ends, not at the next resync)."""
         now = self.clock()
-        times = [self.store[k]["next_try"] for k in keys
-                 if k in self.store and self.store[k]["next_try"] > now]
+        times = [t for k in keys if k in self.store
+                 for t in (self.store[k]["next_try"], self.store[k]["open_until"]) if t > now]
         return min(times) if times else None
 
     def forget(self, key: str) -> None:

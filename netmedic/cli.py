@@ -19,11 +19,17 @@ import sys
 
 from netmedic import __version__
 from netmedic.errors import NetmedicError
+from netmedic.settings import (
+    DEFAULT_AUDIT_LOG,
+    DEFAULT_DOMAIN_DIR,
+    DEFAULT_LEASES_DIR,
+    DEFAULT_NETWORK_DIR,
+    DEFAULT_POLICY_PATH,
+    DEFAULT_SOCKET,
+    DEFAULT_STATE_DIR,
+)
 
 EXIT_OK, EXIT_VIOLATIONS, EXIT_ERROR = 0, 1, 2
-DEFAULT_DOMAIN_DIR = "/run/libvirt/qemu"
-DEFAULT_NETWORK_DIR = "/run/libvirt/network"
-DEFAULT_SOCKET = "/run/netmedic/netmedic.sock"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -31,12 +37,12 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help=f"libvirt run-state domain XML (default {DEFAULT_DOMAIN_DIR})")
     p.add_argument("--network-xml-dir", default=DEFAULT_NETWORK_DIR, metavar="DIR",
                    help=f"libvirt run-state network XML (default {DEFAULT_NETWORK_DIR})")
-    p.add_argument("--policy", metavar="FILE", help="policy file (default /etc/netmedic/policy.yaml, "
+    p.add_argument("--policy", metavar="FILE", help=f"policy file (default {DEFAULT_POLICY_PATH}, "
                    "else the shipped defaults)")
     p.add_argument("--audit-log", metavar="FILE", default=None,
-                   help="audit log, JSON lines (default /var/log/netmedic/audit.jsonl; - for stdout)")
+                   help=f"audit log, JSON lines (default {DEFAULT_AUDIT_LOG}; - for stdout)")
     p.add_argument("--state-dir", metavar="DIR", default=None,
-                   help="netmedic's records and bounds (default /var/lib/netmedic)")
+                   help=f"netmedic's records and bounds (default {DEFAULT_STATE_DIR})")
     p.add_argument("--mode", choices=("observe", "enforce"), help="override the mode of every invariant")
 
 
@@ -86,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable report (docs/diagnose.md)")
     p.add_argument("--probe", action="store_true", help="also send an ARP probe and capture on the uplink")
     p.add_argument("--probe-seconds", type=float, default=1.5, metavar="S", help="capture time (default 1.5)")
-    p.add_argument("--leases-dir", default="/var/lib/libvirt/dnsmasq", metavar="DIR",
-                   help="libvirt's dnsmasq lease files, *.status (default /var/lib/libvirt/dnsmasq)")
+    p.add_argument("--leases-dir", default=DEFAULT_LEASES_DIR, metavar="DIR",
+                   help=f"libvirt's dnsmasq lease files, *.status (default {DEFAULT_LEASES_DIR})")
 
     p = sub.add_parser("lab", help="build a real fault scenario in namespaces of its own and heal it")
     p.add_argument("scenario", nargs="?", default="seed", help="scenario (default: seed); `list` lists them")
@@ -102,17 +108,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _policy(args):
-    from netmedic.policies import config
+    from netmedic.settings import load_policy
 
-    return config.load(args.policy).with_mode(args.mode)
+    return load_policy(args.policy, args.mode)
 
 
 def _engine(args, policy, audit, dry_run=False):
-    from netmedic.engine import Engine
-    from netmedic.state import DEFAULT_STATE_DIR, State
+    from netmedic.settings import build_engine
 
-    return Engine(policy, State(args.state_dir or DEFAULT_STATE_DIR), audit, args.domain_xml_dir,
-                  args.network_xml_dir, dry_run=dry_run)
+    return build_engine(policy, args.state_dir, audit, args.domain_xml_dir, args.network_xml_dir,
+                        dry_run=dry_run)
+
+
+def _require_dirs(args) -> None:
+    """`check`/`heal`/`diagnose` judge the host from the run-state XML: a missing or non-directory path
+    would make every VM look gone. Refused (exit 2) with one line per path."""
+    from netmedic import inventory
+    from netmedic.errors import InputError
+
+    problems = inventory.dir_problems(args.domain_xml_dir, args.network_xml_dir)
+    if problems:
+        raise InputError("run-state XML directory unusable: " + "; ".join(problems))
 
 
 def _audit(args, trigger):
@@ -125,6 +141,7 @@ def cmd_check(args) -> int:
     from netmedic.report import render_check
 
     policy = _policy(args)
+    _require_dirs(args)
     engine = _engine(args, policy, audit=None, dry_run=True)
     engine.state.read()
     engine.load_inventory()
@@ -150,6 +167,7 @@ def cmd_heal(args) -> int:
     from netmedic.report import render_heal
 
     policy = _policy(args)
+    _require_dirs(args)
     audit = _audit(args, "cli")
     try:
         engine = _engine(args, policy, audit, dry_run=args.dry_run)
@@ -171,17 +189,27 @@ def cmd_heal(args) -> int:
 def cmd_daemon(args) -> int:
     from netmedic.daemon import Daemon
     from netmedic.nl import Listener
+    from netmedic.settings import load_daemon_policy
     from netmedic.sources import NullListener
     from netmedic.sources.nm import NMSource
+    from netmedic.state import DEFAULT_STATE_DIR
 
-    policy = _policy(args)
     audit = _audit(args, "daemon")
+    # A policy the admin must fix does not stop the daemon (restarting would not fix it): the last good
+    # one (or the shipped default) runs, said in the audit and in `netmedic status`.
+    policy, problem = load_daemon_policy(args.policy, args.mode, args.state_dir or DEFAULT_STATE_DIR)
+    if problem:
+        print(f"netmedic: error: {problem}; running with {policy.source}", file=sys.stderr)
+        audit.event("policy_rejected", error=problem[:2000], running=policy.source, level="alert",
+                    reason="the policy file cannot be used: running with the last good policy "
+                           "(or the shipped default) until it is fixed")
     engine = _engine(args, policy, audit, dry_run=args.dry_run)
     daemon = Daemon(engine, policy_path=args.policy, mode=args.mode, resync=args.resync,
                     listener_factory=(NullListener if args.no_netlink
                                       else lambda: Listener(rcvbuf=args.netlink_rcvbuf)),
                     socket_path=_auto(args.socket, args, DEFAULT_SOCKET),
                     libvirt_uri=_auto(args.libvirt_uri, args, "qemu:///system"))
+    daemon.policy_problem = f"{problem[:300]} (running: {policy.source})" if problem else None
     if not args.no_dbus:
         daemon.add_source(NMSource())
     if args.pidfile:
@@ -202,24 +230,45 @@ def _auto(value, args, default):
 
 
 def cmd_status(args) -> int:
-    from netmedic.daemon import render_status
+    from netmedic.status import render_status
 
     path = os.path.join(os.path.dirname(os.path.abspath(args.socket)), "status.json")
     try:
         with open(path, encoding="utf-8") as fh:
             status = json.load(fh)
-    except (OSError, ValueError) as exc:
-        print(f"netmedic: no daemon status at {path} ({getattr(exc, 'strerror', None) or exc}): "
-              "is `netmedic daemon` running?", file=sys.stderr)
-        return EXIT_ERROR
+    except (OSError, ValueError, RecursionError) as exc:
+        if isinstance(exc, OSError):
+            print(f"netmedic: no daemon status at {path} ({getattr(exc, 'strerror', None) or exc}): "
+                  "is `netmedic daemon` running?", file=sys.stderr)
+            return EXIT_ERROR
+        return _status_malformed(path, f"not JSON: {exc}")
+    if not isinstance(status, dict):
+        return _status_malformed(path, f"not a JSON object but {type(status).__name__}")
     running = not status.get("stopped")
     try:
         os.kill(int(status.get("pid", 0)), 0)
-    except (OSError, ValueError):
+    except (OSError, ValueError, TypeError, OverflowError):
         running = False
     status["running"] = running
-    print(json.dumps(status, indent=2) if args.json else render_status(status, path))
+    try:
+        text = json.dumps(status, indent=2) if args.json else render_status(status, path)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        return _status_malformed(path, f"unexpected content ({type(exc).__name__}: {exc})")
+    print(text)
     return EXIT_OK if running else EXIT_ERROR
+
+
+def _status_malformed(path: str, why: str) -> int:
+    """A status file netmedic cannot read: moved aside (the daemon writes a new one within a second),
+    one line, exit 2 — never a traceback."""
+    aside = path + ".malformed"
+    try:
+        os.replace(path, aside)
+        moved = f"moved to {aside}"
+    except OSError as exc:
+        moved = f"not moved: {exc.strerror or exc}"
+    print(f"netmedic: error: {path}: malformed daemon status ({why}); {moved}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 def cmd_lab(args) -> int:
@@ -229,9 +278,9 @@ def cmd_lab(args) -> int:
 
 
 def cmd_policy(args) -> int:
-    from netmedic.policies import config
+    from netmedic.settings import load_policy
 
-    policy = config.load(args.file)
+    policy = load_policy(args.file)
     modes = ", ".join(f"{n}={'off' if not p.enabled else p.mode}" for n, p in policy.invariants.items())
     print(f"{args.file}: OK ({modes})")
     return EXIT_OK
@@ -254,6 +303,9 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from netmedic import plugin
+
+        plugin.load_plugins()  # third-party invariants and healers (entry points), before any policy is read
         return COMMANDS[args.command](args)
     except NetmedicError as exc:
         print(f"netmedic: error: {exc}", file=sys.stderr)

@@ -6,14 +6,20 @@ through the dispatcher, resyncs fully every `resync_interval` seconds, recovers 
 Other event sources (docs/event-sources.md):
   - a root-only Unix datagram socket (default /run/netmedic/netmedic.sock) where the libvirt hooks, the
     NetworkManager dispatcher script and the udev rule post one-line JSON events
-    (`{"source": "...", "bridges": [...]}` or `{"source": "...", "domain": "NAME"}`; netmedic.hooks.notify);
-  - libvirt's event API (netmedic.hooks.events: lifecycle, DEVICE_ADDED/REMOVED; reconnects with
+    (`{"source": "...", "bridges": [...]}` or `{"source": "...", "domain": "NAME"}`;
+    netmedic.sources.eventsocket, its clients netmedic.sources.client and netmedic.hooks.notify);
+  - libvirt's event API (netmedic.sources.libvirt_api: lifecycle, DEVICE_ADDED/REMOVED; reconnects with
     backoff, the run-state XML directories carry on while libvirtd is away);
   - any object with the source interface (add_source): name, fileno() (or None), on_readable(daemon),
     poll(daemon, now) -> next wanted poll time or None, status() -> dict, close(), and optionally
     extra_domains() -> inventory.Domain list for the engine.
 Each only says *what changed*: dispatcher.submit() of the affected bridges. The daemon writes what it
 is doing to `status.json` next to its socket, which `netmedic status` shows.
+
+Why one module of ~700 lines: it is the event loop, and every part here (sources, listener,
+dispatcher turns, reloads, fault backoff, watchdog pings, status) reads and writes the loop's own state
+between two select() calls; the parts without that state live elsewhere (sources/, settings.py for the
+policy fallback, status.py for rendering, sdnotify.py, metrics.py).
 """
 from __future__ import annotations
 
@@ -22,18 +28,22 @@ import json
 import os
 import select
 import signal
-import socket
-import struct
 import time
+import traceback
 from typing import Optional
 
-from netmedic import inventory, nl
+from netmedic import inventory, metrics, nl
 from netmedic.dispatcher import Dispatcher
 from netmedic.errors import NetmedicError
 from netmedic.policies import config
+from netmedic.sdnotify import SdNotify
+from netmedic.settings import (
+    DEFAULT_SOCKET,  # noqa: F401  (re-exported)
+    save_last_good,
+)
+from netmedic.sources.eventsocket import EventSocket
 
 MAX_EVENTS_PER_TURN = 5000  # read at most this many before giving the reconcile its turn
-DEFAULT_SOCKET = "/run/netmedic/netmedic.sock"
 STATUS_FILE = "status.json"
 HISTORY = 20  # last events / last heals kept for `netmedic status`
 HOOK_DOMAIN_TTL = 120.0  # seconds the domain a hook sent counts (libvirt's status XML exists by then)
@@ -55,169 +65,8 @@ def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-def _remove_stale_replies(directory: str) -> None:
-    """Reply sockets (.hook-PID-TOKEN.sock) left by hooks that were killed while waiting."""
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return
-    for name in names:
-        if not (name.startswith(".hook-") and name.endswith(".sock")):
-            continue
-        try:
-            os.kill(int(name.split("-")[1]), 0)
-            continue  # that hook still runs
-        except (ValueError, IndexError):
-            continue
-        except ProcessLookupError:
-            pass
-        except OSError:
-            continue
-        try:
-            os.unlink(os.path.join(directory, name))
-        except OSError:
-            pass
-
-
 MAX_DATAGRAM = 256 * 1024  # a hook's request carries the domain XML
-
-
-class EventSocket:
-    """The daemon's root-only event socket: SOCK_DGRAM, mode 0600 in a 0750 root directory, and each
-    datagram's sender credentials checked (uid 0). One JSON object per datagram."""
-
-    name = "socket"
-
-    def __init__(self, path: str):
-        self.path = path
-        self.sock = None
-        self.ino = None
-        self.received = self.rejected = 0
-        self.error: Optional[str] = None
-        directory = os.path.dirname(os.path.abspath(path))
-        try:
-            os.makedirs(directory, mode=0o750, exist_ok=True)
-            if os.path.exists(path):
-                probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-                try:
-                    probe.connect(path)
-                    self.error = f"{path} is in use by another daemon: socket source off"
-                    return
-                except OSError:
-                    os.unlink(path)  # stale: its daemon is gone
-                finally:
-                    probe.close()
-            _remove_stale_replies(directory)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            old = os.umask(0o177)
-            try:
-                sock.bind(path)
-            finally:
-                os.umask(old)
-            os.chmod(path, 0o600)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-            sock.setblocking(False)
-            self.sock, self.ino = sock, os.stat(path).st_ino
-        except OSError as exc:
-            self.error = f"{path}: {exc.strerror or exc}"
-
-    def fileno(self):
-        return self.sock.fileno() if self.sock is not None else None
-
-    def status(self) -> dict:
-        return {"state": "listening" if self.sock is not None else "off", "path": self.path,
-                "received": self.received, "rejected": self.rejected, "error": self.error}
-
-    def poll(self, daemon, now):
-        return None
-
-    def on_readable(self, daemon) -> None:
-        for _ in range(1000):
-            try:
-                data, anc, _flags, _addr = self.sock.recvmsg(MAX_DATAGRAM, socket.CMSG_SPACE(12))
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return
-            uid = None
-            for level, kind, payload in anc:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(payload) >= 12:
-                    _pid, uid, _gid = struct.unpack("iII", payload[:12])
-            try:
-                event = json.loads(data.decode("utf-8"))
-                if uid != 0:
-                    raise ValueError(f"sender uid {uid} is not root")
-                if not isinstance(event, dict):
-                    raise ValueError("not a JSON object")
-                self._submit(daemon, event)
-                self.received += 1
-            except (ValueError, UnicodeDecodeError) as exc:
-                self.rejected += 1
-                daemon.note_event("socket", f"rejected event: {exc}")
-
-    def _submit(self, daemon, event: dict) -> None:
-        if "request" in event:
-            return self._answer(daemon, event)
-        source = str(event.get("source", "socket"))[:64]
-        what = str(event.get("event", ""))[:64]
-        domain = event.get("domain")
-        bridges = event.get("bridges")
-        if bridges is not None and (not isinstance(bridges, list) or
-                                    not all(isinstance(b, str) and inventory.valid_ifname(b) for b in bridges)):
-            raise ValueError("bridges must be a list of interface names")
-        iface = event.get("interface")
-        if not bridges and isinstance(domain, str):
-            bridges = daemon.bridges_of(domain)  # None (everything) when the daemon does not know it
-        elif not bridges and isinstance(iface, str) and inventory.valid_ifname(iface):
-            d = daemon.dispatcher  # a VM tap -> its bridge; a VM bridge -> itself; else everything
-            known = d.tap_bridge.get(iface) or (iface if iface in d.vm_bridges else None)
-            bridges = [known] if known else None
-        elif not bridges:
-            bridges = None
-        label = " ".join(x for x in (source, what, f"domain={domain}" if domain else "",
-                                     f"interface={iface}" if isinstance(iface, str) else "") if x)
-        daemon.note_event(source, label + (f" bridges={','.join(bridges)}" if bridges else " (all bridges)"))
-        daemon.dispatcher.submit(bridges, label)
-
-    def _answer(self, daemon, event: dict) -> None:
-        """A hook hands its phase to the daemon. With a "reply" socket (bound by the hook in this
-        root-only directory) the hook waits for the answer: JSON (netmedic.hooks.notify.request), or
-        with "answer": "line" one text line `ok RESULT` / `error TEXT`, the refusal's reason on the next
-        line (the entry script's fast path, which imports no json). Without "reply": done, no answer."""
-        reply = event.get("reply")
-        if reply is not None and not (
-                isinstance(reply, str) and os.path.dirname(reply) == os.path.dirname(os.path.abspath(self.path))
-                and os.path.basename(reply).startswith(".hook-")):
-            raise ValueError(f"reply path {reply!r} is not in {os.path.dirname(self.path)}")
-        try:
-            answer = daemon.handle_request(event)
-        except Exception as exc:  # noqa: BLE001 - the hook then does the work itself
-            answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-            daemon.note_event("socket", f"hook request failed: {exc!r}")
-        if reply is None:
-            return
-        if event.get("answer") == "line":
-            if answer.get("ok"):
-                data = f"ok {answer.get('result') or 'done'}\n{answer.get('reason') or ''}"
-            else:
-                data = f"error {answer.get('error') or 'failed'}"
-            data = data.encode("utf-8")
-        else:
-            data = json.dumps(answer, default=str).encode("utf-8")
-        try:
-            self.sock.sendto(data[:4096], reply)
-        except OSError:
-            pass  # the hook gave up waiting
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-            try:
-                if os.stat(self.path).st_ino == self.ino:
-                    os.unlink(self.path)
-            except OSError:
-                pass
+FAULT_BACKOFF_MAX = 60.0  # seconds: the longest wait before retrying what raised
 
 
 class Daemon:
@@ -252,20 +101,79 @@ class Daemon:
         self.listener = None
         self.dispatcher.refresh_inventory = self._refresh_inventory
         self._links_complete = False  # the dispatcher's ifindex maps hold every link (a full pass ran)
+        self.metrics = metrics.Metrics()  # [metrics] Prometheus figures (netmedic/metrics.py)
+        # Anything that raised where nothing should (a bug, a malformed input no check caught): component
+        # -> {count, active, error, where, first, last}; audited with its traceback once per kind.
+        self.faults: dict = {}
+        self._fault_seen: set = set()
+        self.policy_problem: Optional[str] = None  # the policy file was refused: what runs instead
+        self.dir_problems: list = []  # run-state XML directories missing or not directories
+        self.notifier = SdNotify()
+        self._next_ping = 0.0
+        self._listener_retry: Optional[float] = None
+        state = getattr(engine, "state", None)
+        if state is not None and getattr(state, "report", None) is None:
+            state.report = self._audit  # a malformed state file moved aside, the state unwritable
 
     # --- sources and status ----------------------------------------------------------------------
     def add_source(self, source) -> None:
         self.sources.append(source)
         self._status_dirty = True
 
-    def note_event(self, source: str, detail: str) -> None:
+    def note_event(self, source: str, detail: str, count: bool = True) -> None:
         self.last_events.append({"ts": _iso(time.time()), "source": source, "detail": detail[:300]})
         self._status_dirty = True
+        if count:
+            self.metrics.event(source)  # [metrics]
 
     def note_source(self, name: str, state: str, **fields) -> None:
         """A source connected, disconnected, degraded: audit it and show it in the status."""
         self._audit("source_state", source=name, state=state, **fields)
-        self.note_event(name, state + (f": {fields['error']}" if fields.get("error") else ""))
+        self.note_event(name, state + (f": {fields['error']}" if fields.get("error") else ""), count=False)
+
+    def fault(self, component: str, exc: BaseException) -> float:
+        """Something raised that should not have: audit it with its traceback (once per kind), count it,
+        show the daemon degraded; returns how long to wait before retrying it (doubling, capped)."""
+        where = _where(exc)
+        f = self.faults.setdefault(component, {"count": 0, "active": 0, "first": _iso(time.time())})
+        f["count"] += 1
+        f["active"] += 1
+        f.update(error=f"{type(exc).__name__}: {str(exc)[:300]}", where=where, last=_iso(time.time()))
+        sig = (component, type(exc).__name__, where)
+        try:
+            if sig not in self._fault_seen:
+                self._fault_seen.add(sig)
+                tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+                self._audit("internal_error", component=component, error=f["error"], where=where,
+                            traceback=tb[-8000:], level="alert",
+                            reason="caught: the daemon goes on and retries with backoff")
+        except Exception:  # noqa: BLE001 - reporting must not raise in turn
+            pass
+        self._status_dirty = True
+        return min(FAULT_BACKOFF_MAX, 2.0 ** (f["active"] - 1))
+
+    def recovered(self, component: str) -> None:
+        f = self.faults.get(component)
+        if f and f["active"]:
+            self._audit("recovered", component=component, failures=f["active"], error=f.get("error"))
+            f["active"] = 0
+            self._status_dirty = True
+
+    def health(self) -> dict:
+        """`ok`, or `degraded` with why: faults not yet recovered, the audit log or the state that cannot
+        be written, a refused policy, missing run-state directories."""
+        why = [f"{c}: {f['error']} ({f['active']}x)" for c, f in sorted(self.faults.items()) if f["active"]]
+        audit = getattr(self.engine, "audit", None)
+        if audit is not None and getattr(audit, "degraded", None):
+            why.append(f"audit log: {audit.degraded} (writing to stderr)")
+        state_error = getattr(getattr(self.engine, "state", None), "save_error", None)
+        if state_error:
+            why.append(f"state: {state_error} (records kept in memory)")
+        if self.policy_problem:
+            why.append(f"policy: {self.policy_problem}")
+        why += [f"xml dir: {p}" for p in self.dir_problems]
+        return {"state": "degraded" if why else "ok", "why": why,
+                "faults": {c: dict(f) for c, f in self.faults.items()}}
 
     def handle_request(self, event: dict) -> dict:
         """Do a libvirt hook's phase in the daemon (the hook waits): `prepare` (the duplicate-MAC
@@ -304,6 +212,7 @@ class Daemon:
             return {"ok": True, "result": result, "reason": reason}
         if kind == "reconcile":
             self.hook_domains[dom.name] = (dom, time.monotonic() + HOOK_DOMAIN_TTL)
+            self.metrics.pending_since = t0  # [metrics] event-to-heal of this pass starts at the request
             bridges = sorted({n.bridge for n in dom.nics if n.bridge
                               and self.engine.policy.in_scope(n.bridge, dom.name)})
             report = (self.reconcile(bridges, trigger, domains={b: [dom.name] for b in bridges})
@@ -383,10 +292,11 @@ class Daemon:
                                "network_dir": self.engine.network_dir}
         return {"pid": os.getpid(), "started": _iso(self.started), "updated": _iso(time.time()),
                 "dry_run": self.engine.dry_run, "policy": getattr(self.engine.policy, "source", None),
-                "resync_interval": self.resync_interval, "sources": sources,
+                "resync_interval": self.resync_interval, "sources": sources, "health": self.health(),
                 "remedies": {name: {k: c.get(k) for k in ("remedy", "chosen", "why")}
                              for name, c in sorted(self.engine.choices.items())},
-                "last_events": list(self.last_events), "last_heals": list(self.last_heals)}
+                "last_events": list(self.last_events), "last_heals": list(self.last_heals),
+                "metrics": self.metrics.summary()}  # [metrics]
 
     def write_status(self, force: bool = False, final: bool = False) -> None:
         if self.socket_path is None or not any(isinstance(s, EventSocket) and s.sock is not None
@@ -404,7 +314,11 @@ class Daemon:
             with open(tmp, "w", encoding="utf-8") as fh:
                 json.dump(data, fh, indent=1, default=str)
             os.replace(tmp, path)
-        except OSError:
+        except (OSError, ValueError, TypeError):
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
             return
         self._status_dirty, self._status_written = False, now
 
@@ -422,16 +336,28 @@ class Daemon:
 
     def _audit(self, event, **fields):
         self.engine._audit(event, **fields)
+        self.metrics.audit(event, fields)  # [metrics]
 
     def _reload_policy(self) -> None:
+        self.notifier.notify("RELOADING=1")
         try:
-            policy = config.load(self.policy_path).with_mode(self.mode)
-        except NetmedicError as exc:
-            self._audit("policy_rejected", error=str(exc), reason="keeping the last good policy", level="alert")
-            return
-        self.engine.policy = policy
-        self._audit("policy_loaded", source=policy.source)
-        self.dispatcher.submit(None, "policy reloaded")
+            try:
+                policy = config.load(self.policy_path).with_mode(self.mode)
+            except (NetmedicError, RecursionError, MemoryError, ValueError) as exc:
+                error = str(exc) if isinstance(exc, NetmedicError) else f"{type(exc).__name__}: {exc}"
+                self.policy_problem = f"{error[:300]} (running: {getattr(self.engine.policy, 'source', None)})"
+                self._audit("policy_rejected", error=error[:2000], reason="keeping the last good policy",
+                            running=getattr(self.engine.policy, "source", None), level="alert")
+                self._status_dirty = True
+                return
+            self.engine.policy = policy
+            self.policy_problem = None
+            save_last_good(policy, getattr(self.engine.state, "directory", None))
+            self._audit("policy_loaded", source=policy.source)
+            self.dispatcher.submit(None, "policy reloaded")
+            self._status_dirty = True
+        finally:
+            self.notifier.notify("READY=1")
 
     def _inventory_changed(self) -> bool:
         sig = []
@@ -449,13 +375,23 @@ class Daemon:
     def reconcile(self, bridges, trigger: str, domains=None):
         """One engine pass (bridges None: everything; domains: bridge -> VMs it is narrowed to); returns
         its Report (None when it failed)."""
-        self.engine.extra_domains = self._extra_domains()
         report = None
+        t0 = time.monotonic()
         try:
+            self.engine.extra_domains = self._extra_domains()
             report = self.engine.reconcile(trigger=trigger, bridges=bridges, domains=domains)
         except NetmedicError as exc:
             self._audit("error", error=f"reconcile failed: {exc}")
+            self.metrics.observe_pass(None, time.monotonic() - t0, bridges, domains)  # [metrics]
+        except Exception as exc:  # noqa: BLE001 - a bug in a pass must not stop the daemon
+            self.metrics.observe_pass(None, time.monotonic() - t0, bridges, domains)  # [metrics]
+            delay = self.fault("reconcile", exc)
+            at = time.monotonic() + delay
+            self.retry_at = at if self.retry_at is None else min(self.retry_at, at)
+            return None
         else:
+            self.recovered("reconcile")
+            self.metrics.observe_pass(report, time.monotonic() - t0, bridges, domains)  # [metrics]
             self._status_dirty = True
             acted = [o for o in report.outcomes if o.result in ("healed", "rolled_back", "failed")]
             if acted or report.released:
@@ -469,6 +405,7 @@ class Daemon:
                 self.retry_at = at if self.retry_at is None else min(self.retry_at, at)
         inv = self.engine.inventory
         if inv is not None:
+            self.metrics.set_inventory(inv)  # [metrics]
             self.dispatcher.set_inventory(inv.nics)
             self._known_nics = _nics_by_domain(inv)
             self._known_networks = inv.networks
@@ -508,19 +445,96 @@ class Daemon:
         else:
             self.stopping = True
 
+    def _guarded(self, component: str, fn, *args, **kw):
+        """Run one piece of the loop's work; what it raises is a fault of that component (audited once,
+        counted, degraded), never the daemon's end: the rest of the loop goes on."""
+        try:
+            result = fn(*args, **kw)
+        except Exception as exc:  # noqa: BLE001
+            self.fault(component, exc)
+            return None
+        self.recovered(component)
+        return result
+
+    def _open_listener(self):
+        """The netlink listener; when it cannot be opened (or broke), a stand-in that is never readable,
+        and another try after a backoff."""
+        try:
+            listener = self.listener_factory()
+        except Exception as exc:  # noqa: BLE001
+            delay = self.fault("netlink", exc)
+            from netmedic.sources import NullListener
+
+            listener = NullListener()
+            self._listener_retry = time.monotonic() + delay
+            self.source_state["netlink"] = {"state": "error", "error": str(exc)[:300]}
+        else:
+            self._listener_retry = None
+            self.source_state["netlink"] = {"state": "listening", "since": _iso(time.time()),
+                                            "overflows": self.source_state.get("netlink", {}).get("overflows", 0)}
+        self.listener = listener
+        return listener
+
+    def _reopen_listener(self, old, delay: float = 0.0):
+        """A new listener for a broken one: at once the first time, after `delay` when it keeps
+        breaking (a stand-in that is never readable until then)."""
+        try:
+            old.close()
+        except Exception:  # noqa: BLE001
+            pass
+        self._links_complete = False
+        if delay > 1.0:
+            from netmedic.sources import NullListener
+
+            self.listener = listener = NullListener()
+            self._listener_retry = time.monotonic() + delay
+            self.source_state["netlink"]["state"] = "error"
+            return listener
+        listener = self._open_listener()
+        self.dispatcher.submit(None, "netlink listener reopened")
+        return listener
+
+    def _ping(self, now: float) -> float:
+        """WATCHDOG=1 from the main loop (a hung loop stops pinging: systemd restarts the daemon), and
+        the backlog of an audit log that was full (it catches up with no new event); returns the
+        seconds until this is due again."""
+        audit = getattr(self.engine, "audit", None)
+        wait = 3600.0
+        if audit is not None and getattr(audit, "degraded", None):
+            audit.flush()
+            wait = 1.0
+        if self.notifier.watchdog is None:
+            return wait
+        if now >= self._next_ping:
+            self.notifier.notify("WATCHDOG=1")
+            self._next_ping = now + self.notifier.watchdog
+        return min(wait, self._next_ping - now)
+
+    def _check_dirs(self) -> None:
+        problems = inventory.dir_problems(self.engine.domain_dir, self.engine.network_dir)
+        if problems != self.dir_problems:
+            if problems:
+                self._audit("input_warning", errors=problems, level="warning",
+                            reason="run-state XML directory missing or not a directory: looking again every second")
+            self.dir_problems = problems
+            self._status_dirty = True
+
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
-        listener = self.listener = self.listener_factory()
-        self.source_state["netlink"] = {"state": "listening", "since": _iso(time.time()), "overflows": 0}
-        self._start_sources()
+        listener = self._open_listener()
+        self._guarded("sources", self._start_sources)
+        self._check_dirs()
         self._audit("daemon_started", resync_interval=self.resync_interval, dry_run=self.engine.dry_run,
                     sources={s.name: s.status().get("state") for s in self.sources})
         self._inventory_changed()
         for src in self.sources:  # connect first: the startup pass then sees libvirt's live domains
             self._poll_source(src, time.monotonic())
+        self.metrics.tick(self)  # [metrics] serve from the start
         self.reconcile(None, "startup")
         self.write_status(force=True)
+        self.notifier.notify(f"READY=1\nSTATUS=watching; health {self.health()['state']}\nMAINPID={os.getpid()}")
+        self._ping(time.monotonic())
         next_resync = time.monotonic() + self.resync_interval
         next_poll = time.monotonic() + 1.0
         try:
@@ -532,6 +546,12 @@ class Daemon:
                     wait = min(wait, pending)
                 if self._status_dirty and self.socket_path:  # keep `netmedic status` within ~0.5 s
                     wait = min(wait, self._status_written + 0.5 - time.monotonic())
+                wait = min(wait, self._ping(now))
+                if self._listener_retry is not None:
+                    if now >= self._listener_retry:
+                        listener = self._reopen_listener(listener)
+                    else:
+                        wait = min(wait, self._listener_retry - now)
                 watched = [listener]
                 for src in self.sources:
                     due = self._source_due.get(id(src))
@@ -545,13 +565,18 @@ class Daemon:
                     readable = []
                 for src in readable:
                     if src is listener:
-                        self._drain(listener)
+                        try:
+                            self._drain(listener)
+                        except Exception as exc:  # noqa: BLE001 - a broken socket: a new one, a full resync
+                            delay = self.fault("netlink", exc)
+                            listener = self._reopen_listener(listener, delay)
+                        else:
+                            self.recovered("netlink")
                     else:
                         try:
                             src.on_readable(self)
                         except Exception as exc:  # noqa: BLE001 - a broken source must not stop healing
-                            self._audit("error", error=f"event source {src.name}: {exc!r}", level="warning",
-                                        where=_where(exc))
+                            self.fault(f"source {src.name}", exc)
                         self._poll_source(src, time.monotonic())  # an event can change what it wants next
                 now = time.monotonic()
                 for src in self.sources:
@@ -568,21 +593,32 @@ class Daemon:
                     if mtime != self._policy_mtime:
                         self._policy_mtime = mtime
                         self._reload_policy()
+                    self._check_dirs()
                     if self._inventory_changed():
-                        self._submit_inventory_changes()
+                        self._guarded("inventory", self._submit_inventory_changes)
                 if self.retry_at is not None and now >= self.retry_at:
                     self.retry_at = None
                     self.dispatcher.submit(None, "retry after backoff")
                 if now >= next_resync:
-                    self.dispatcher.take()
+                    self._guarded("dispatcher", self.dispatcher.take)
                     self.reconcile(None, "resync")
                     next_resync = time.monotonic() + self.resync_interval
-                elif self.dispatcher.due():
-                    bridges, domains, reasons = self.dispatcher.take_scoped()
-                    self.reconcile(bridges, "event: " + "; ".join(reasons[:3]), domains=domains)
+                elif self._guarded("dispatcher", self.dispatcher.due):
+                    self.metrics.pending_since = getattr(self.dispatcher, "_first", None)  # [metrics]
+                    taken = self._guarded("dispatcher", self.dispatcher.take_scoped)
+                    if taken is not None:
+                        bridges, domains, reasons = taken
+                        self.reconcile(bridges, "event: " + "; ".join(reasons[:3]), domains=domains)
+                self._guarded("metrics", lambda: self.metrics.tick(self))  # [metrics]
                 self.write_status()
         finally:
-            listener.close()
+            self.notifier.notify("STOPPING=1")
+            self.metrics.stop()  # [metrics]
+            listener = self.listener or listener
+            try:
+                listener.close()
+            except Exception:  # noqa: BLE001
+                pass
             self.write_status(force=True, final=True)
             for src in self.sources:
                 try:
@@ -596,6 +632,7 @@ class Daemon:
     def xml_changed(self) -> None:
         """The run-state XML directories changed (the inotify watch): reconcile the VMs that changed."""
         self._inventory_changed()  # keep the poll's signature current: no second pass for this change
+        self.metrics.event("xmlwatch")  # [metrics]
         self._submit_inventory_changes()
 
     def _start_sources(self) -> None:
@@ -611,8 +648,14 @@ class Daemon:
             self.add_source(sock)
             self.note_source("socket", "listening" if sock.sock is not None else "off", path=self.socket_path,
                              error=sock.error)
+        from netmedic.sources.kernel import NetconfSource, NftablesSource
+
+        for kernel_src in (NetconfSource(), NftablesSource()):  # forwarding and firewall changes
+            self.add_source(kernel_src)
+            if kernel_src.error:
+                self.note_source(kernel_src.name, "off", error=kernel_src.error)
         if self.libvirt_uri:
-            from netmedic.hooks import events
+            from netmedic.sources import libvirt_api as events
 
             src = events.LibvirtSource(self.libvirt_uri)
             self.add_source(src)
@@ -625,9 +668,10 @@ class Daemon:
     def _poll_source(self, src, now: float) -> None:
         try:
             self._source_due[id(src)] = src.poll(self, now)
-        except Exception as exc:  # noqa: BLE001
-            self._audit("error", error=f"event source {src.name}: {exc!r}", level="warning")
-            self._source_due[id(src)] = now + 5.0
+        except Exception as exc:  # noqa: BLE001 - audited once, counted, retried with backoff
+            self._source_due[id(src)] = now + self.fault(f"source {src.name}", exc)
+        else:
+            self.recovered(f"source {src.name}")
         self._status_dirty = True
 
     def _drain(self, listener, limit: int = MAX_EVENTS_PER_TURN) -> bool:
@@ -637,6 +681,7 @@ class Daemon:
             try:
                 events = listener.read()
             except nl.Overflow:
+                self.metrics.overflow()  # [metrics]
                 self._links_complete = False
                 self._audit("netlink_overflow", reason="events were lost: full resync", level="warning")
                 self.source_state["netlink"]["overflows"] = self.source_state["netlink"].get("overflows", 0) + 1
@@ -650,6 +695,7 @@ class Daemon:
             for ev in events:
                 self.dispatcher.netlink(ev)
             count += len(events)
+            self.metrics.event("netlink", len(events))  # [metrics]
             r, _, _ = select.select([listener], [], [], 0)
             if not r:
                 return True
@@ -659,31 +705,3 @@ class Daemon:
 def _nics_by_domain(inv) -> dict:
     """domain name -> the set of its NICs (mac, bridge, tap, vlans, ...), as of one inventory."""
     return {name: frozenset(dom.nics) for name, dom in inv.domains.items()}
-
-
-def render_status(status: dict, path: str) -> str:
-    """`netmedic status` in plain words."""
-    state = "running" if status.get("running") else ("stopped " + status.get("stopped", "")).strip()
-    lines = [f"netmedic daemon: {state} (pid {status.get('pid')}, since {status.get('started')}; "
-             f"status {path}, updated {status.get('updated')})",
-             f"policy: {status.get('policy')}" + ("  [dry-run]" if status.get("dry_run") else ""), "", "sources:"]
-    for name, src in sorted((status.get("sources") or {}).items()):
-        detail = ", ".join(f"{k}={v}" for k, v in src.items() if k != "state" and v not in (None, [], ""))
-        lines.append(f"  {name:<10} {src.get('state', '?'):<13} {detail}")
-    remedies = status.get("remedies") or {}
-    if remedies:
-        lines += ["", "remedies:"]
-        lines += [f"  {name:<22} {r.get('remedy')}" + (f" -> {r.get('chosen')}" if r.get("chosen") != r.get("remedy")
-                                                       else "") + f"  ({r.get('why')})"
-                  for name, r in sorted(remedies.items())]
-    lines += ["", "last events:"]
-    lines += [f"  {e['ts']}  {e['source']:<22} {e['detail']}" for e in status.get("last_events", [])[-10:]] \
-        or ["  (none)"]
-    lines += ["", "last heals:"]
-    heals = status.get("last_heals", [])[-10:]
-    for h in heals:
-        lines.append(f"  {h['ts']}  {h['trigger']}  [{h.get('correlation_id')}]")
-        lines += [f"      {r}" for r in h.get("results", []) + [f"released {x}" for x in h.get("released", [])]]
-    if not heals:
-        lines.append("  (none)")
-    return "\n".join(lines)

@@ -365,6 +365,9 @@ def hop_l3(c: _Ctx, hop: Hop) -> None:
     hop.set("ok", "bridge netfilter lets the VM's bridged traffic through")
     for v in c.about("bridge_netfilter", bridge=n.bridge):
         hop.set("broken", v.message, c.fix_for(v))
+        for ch in v.evidence.get("chains") or ():  # nf_tables: the table and chain that drop
+            hop.evidence.setdefault("nft_chains", []).append(
+                {k: ch.get(k) for k in ("family", "table", "chain", "hook", "policy", "dropped_by")})
     net = c.network
     if net is None or net.forward_mode not in ("nat", "route"):
         return
@@ -478,7 +481,7 @@ def run_probe(snap, nic, vm_ip: Optional[str], seconds: float = 1.5) -> dict:
                 if s is arp:
                     if len(data) >= 42 and data[20:22] == b"\x00\x02" and \
                             ipaddress.IPv4Address(data[28:32]) == ipaddress.IPv4Address(vm_ip):
-                        mac = data[22:28].hex(":")
+                        mac = nl.hexmac(data[22:28])
                         if mac not in result["arp"]["replies"]:
                             result["arp"]["replies"].append(mac)
                     continue

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import time
 from typing import Callable, Iterable, Optional
 
@@ -209,6 +210,7 @@ class Engine:
                     break
             guard.prune(keys_now)
             report.retry_at = guard.next_retry(keys_now)
+        _fault("after_save")
         current = {o.violation.key: o.violation.subject for o in report.outcomes}
         if self.seen is not None and bridges is not None:
             # A scoped pass only speaks for what it looked at: keep what was seen elsewhere (other
@@ -246,12 +248,16 @@ class Engine:
             return self._not_applied(v, plan, "skipped", f"kill switch {self.policy.kill_switch_file} "
                                      "is present: not applied", fields)
         ok, why = guard.admit(v.key, ipol.limits)
+        if guard.took_close(v.key):
+            self._audit("breaker_closed", **fields, reason="the trial fix held: the fight is over")
         if not ok:
             if guard.took_trip(v.key):
                 self._audit("breaker_open", **fields, reason=why, level="alert")
             return self._not_applied(v, plan, "skipped", why, fields)
         guard.acted(v.key, v.subject.domain)
         t0 = time.monotonic()
+        prior = self._intend(plan)
+        _fault("after_intent")
         applied: list = []
         try:
             for step in plan.steps:
@@ -259,6 +265,7 @@ class Engine:
                 applied.append(step)
         except NetmedicError as exc:
             self._rollback(applied, fields)
+            self._abandon(prior)
             ms = _ms(t0)
             if self._still_violated(v, ipol):
                 guard.failed(v.key, ipol.limits)
@@ -269,23 +276,54 @@ class Engine:
             why = f"{exc} — the host changed meanwhile: observing again"
             self._audit("failed", **fields, result="superseded", reason=why, duration_ms=ms)
             return Outcome(v, "superseded", why, plan, duration_ms=ms)
+        _fault("after_apply")
         verified, after = self._verify(healer, v, ipol, plan)
+        _fault("after_verify")
         ms = _ms(t0)
         if verified:
-            for rec in plan.records:
-                self.state.records[rec["key"]] = {**rec, "created": _iso(self.clock()),
-                                                  "correlation_id": self.audit.correlation_id if self.audit else None}
+            for rec in plan.records:  # the intent confirmed
+                self.state.records[rec["key"]] = self._record(rec)
             for key in plan.forgets:
                 self.state.records.pop(key, None)
             guard.succeeded(v.key)
             self._audit("healed", **fields, after=after, result="healed", duration_ms=ms)
             return Outcome(v, "healed", "", plan, after, ms)
         self._rollback(applied, fields)
+        self._abandon(prior)
         guard.failed(v.key, ipol.limits)
         self._audit("rolled_back", **fields, after=after, result="rolled_back",
                     reason="verification failed: the violation was still observed after the change",
                     duration_ms=ms)
         return Outcome(v, "rolled_back", "verification failed", plan, after, ms)
+
+    def _record(self, rec: dict, pending: bool = False) -> dict:
+        out = {**rec, "created": _iso(self.clock()),
+               "correlation_id": self.audit.correlation_id if self.audit else None}
+        if pending:
+            out["pending"] = True
+        return out
+
+    def _intend(self, plan: Plan) -> dict:
+        """Ownership survives any crash: what the plan will create is on disk (fsync'd), marked pending,
+        before a step touches the host. After a crash the record is there whatever happened: a pin that
+        was made is netmedic's (a later pass keeps it or releases it through its healer), one that was
+        not is planned again under the same key, and a quarantine keeps the port's state from before the
+        first change. Protection comes before bookkeeping: a state that cannot be written (full disk)
+        does not stop the heal (State reports it). Returns the records the intents replaced."""
+        prior = {rec["key"]: self.state.records.get(rec["key"]) for rec in plan.records}
+        if plan.records:
+            for rec in plan.records:
+                self.state.records[rec["key"]] = self._record(rec, pending=True)
+            self.state.persist()
+        return prior
+
+    def _abandon(self, prior: dict) -> None:
+        """The plan was rolled back: its intents go (what they replaced comes back)."""
+        for key, old in prior.items():
+            if old is None:
+                self.state.records.pop(key, None)
+            else:
+                self.state.records[key] = old
 
     def _not_applied(self, v, plan: Plan, result: str, reason: str, fields: dict) -> Outcome:
         if self.seen is None or v.key not in self.seen:
@@ -350,6 +388,11 @@ class Engine:
             healer = for_record(rec)
             rel = healer.release(rec, snap) if healer is not None else None
             if rel is None:
+                if rec.get("pending") and not self.dry_run:
+                    # An intent left by a crash whose subject still needs it: netmedic's from now on (if
+                    # the change itself never happened, this pass finds the violation and makes it).
+                    self.state.records[key] = {k: v for k, v in rec.items() if k != "pending"}
+                    self._audit("adopted", record=rec, reason="an intent left by an interrupted heal: kept")
                 continue
             out = self._release(key, rec, rel, snap)
             if out is not None:
@@ -401,6 +444,13 @@ class Engine:
                 if out is not None:
                     released.append(out)
         return released
+
+
+def _fault(point: str) -> None:
+    """Fault injection for the crash tests (tests/test_crash_safety.py): with NETMEDIC_TEST_KILL_AT=POINT
+    in the environment the process SIGKILLs itself at that step boundary of a heal. Nothing else."""
+    if os.environ.get("NETMEDIC_TEST_KILL_AT") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _narrow_to(v: Violation) -> Optional[dict]:

@@ -30,7 +30,9 @@ class Dnsmasq:
     pid_file: str
     pid: Optional[int]  # from the pid file; None when there is no (readable) pid file
     alive: bool  # a dnsmasq process with that pid exists ...
-    same_netns: bool  # ... and runs in this network namespace
+    # ... and runs in this network namespace: None when that cannot be known (under the unit's
+    # capabilities /proc/PID/ns/net of another user's process is EACCES: unknown, not a violation)
+    same_netns: Optional[bool]
     cmdline: str = ""
 
 
@@ -51,6 +53,128 @@ def masquerades(rules: list, subnet: str) -> list:
         if src.version == net.version and net.subnet_of(src):
             out.append(r)
     return out
+
+
+# --- nf_tables (netmedic.firewall reads them through libnftables' JSON) ----------------------------------
+# Interface names that nft and iptables read literally: nft takes a trailing `*` as a wildcard and `\`
+# as an escape, iptables a trailing `+`. netmedic writes no rule for any other name.
+LITERAL_IFNAME = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+def literal_ifname(name) -> bool:
+    """True when `name` is an interface name no firewall tool reads as a pattern."""
+    return isinstance(name, str) and 0 < len(name) <= 15 and set(name) <= LITERAL_IFNAME \
+        and name not in (".", "..") and not name.startswith("-")
+
+
+NETMEDIC_COMMENT = "netmedic: accept bridged traffic of "  # + bridge name: the mark of netmedic's own rules
+
+
+@dataclasses.dataclass(frozen=True)
+class NftRule:
+    handle: int
+    expr: tuple  # the rule's statements as libnftables' JSON gives them (dicts)
+    comment: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class NftChain:
+    family: str  # 'ip', 'ip6', 'inet', 'bridge', 'arp', 'netdev'
+    table: str
+    name: str
+    rules: tuple = ()  # NftRule, in order
+    hook: Optional[str] = None  # None: a regular chain (reached by jump/goto only)
+    prio: Optional[int] = None
+    policy: Optional[str] = None  # 'accept' / 'drop' for a base chain
+    type: Optional[str] = None  # 'filter', 'nat', 'route'
+
+    @property
+    def base(self) -> bool:
+        return self.hook is not None
+
+    @property
+    def where(self) -> str:
+        return f"table {self.family} {self.table} chain {self.name}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Firewall:
+    """The namespace's firewall as one fact, read only when the nf_tables generation changed."""
+
+    generation: Optional[int]  # the nf_tables ruleset generation it was read at (None: unknown)
+    chains: tuple = ()  # NftChain: every chain of every nf_tables table (iptables-nft's included)
+    iptables: tuple = ()  # ForwardChain of each iptables backend in use (iptables-nft, iptables-legacy)
+    nat_rules: tuple = ()  # NatRule: the masquerade rules of nf_tables (iptables-nft's included)
+    error: Optional[str] = None  # why nf_tables could not be read (then `chains` is empty)
+
+    def chain(self, family: str, table: str, name: str) -> Optional[NftChain]:
+        for c in self.chains:
+            if c.family == family and c.table == table and c.name == name:
+                return c
+        return None
+
+
+def nft_accept_expr(bridge: str, family: str = "inet") -> list:
+    """The statements of netmedic's accept for one bridge's own bridged traffic: `iifname BR oifname BR
+    accept` (ip/inet tables, where br_netfilter shows the bridge as both interfaces)."""
+    return [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": bridge}},
+            {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": bridge}},
+            {"accept": None}]
+
+
+def is_netmedic_rule(rule: NftRule, bridge: str) -> bool:
+    return rule.comment == NETMEDIC_COMMENT + bridge
+
+
+def _render_value(v) -> str:
+    if isinstance(v, dict):
+        if "prefix" in v and isinstance(v["prefix"], dict):
+            return f"{v['prefix'].get('addr')}/{v['prefix'].get('len')}"
+        if "set" in v:
+            return "{ " + ", ".join(_render_value(x) for x in v["set"]) + " }"
+        if "meta" in v:
+            return f"meta {v['meta'].get('key')}"
+        if "payload" in v:
+            return f"{v['payload'].get('protocol')} {v['payload'].get('field')}"
+        if "ct" in v:
+            return f"ct {v['ct'].get('key')}"
+        if "range" in v:
+            return "-".join(_render_value(x) for x in v["range"])
+    if isinstance(v, list):
+        return "{ " + ", ".join(_render_value(x) for x in v) + " }"
+    if isinstance(v, str):
+        return f'"{v}"' if not v.replace("-", "").replace("_", "").isalnum() or v in ("accept", "drop") else v
+    return str(v)
+
+
+def render_rule(expr) -> str:
+    """A rule's JSON statements in nft's words, for evidence and audit lines (rendered from the JSON,
+    never parsed back)."""
+    out = []
+    for stmt in expr:
+        if not isinstance(stmt, dict) or len(stmt) != 1:
+            out.append(str(stmt))
+            continue
+        (key, val), = stmt.items()
+        if key == "match" and isinstance(val, dict):
+            op = val.get("op", "==")
+            out.append(f"{_render_value(val.get('left'))} {'' if op in ('==', 'in') else op + ' '}"
+                       f"{_render_value(val.get('right'))}")
+        elif key in ("accept", "drop", "return", "continue"):
+            out.append(key)
+        elif key in ("jump", "goto") and isinstance(val, dict):
+            out.append(f"{key} {val.get('target')}")
+        elif key == "counter":
+            out.append("counter")
+        elif key == "reject":
+            out.append("reject")
+        elif key == "xt" and isinstance(val, dict):
+            out.append(f"xt {val.get('type')} {val.get('name')}")
+        elif key == "vmap" and isinstance(val, dict):
+            out.append(f"{_render_value(val.get('key'))} vmap {{...}}")
+        else:
+            out.append(key)
+    return " ".join(out)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,8 +15,7 @@ from typing import Optional
 
 from netmedic import ops
 from netmedic.facts import Dnsmasq, NatRule, masquerades  # noqa: F401  (re-exported)
-
-DEFAULT_LEASES_DIR = "/var/lib/libvirt/dnsmasq"
+from netmedic.settings import DEFAULT_LEASES_DIR
 
 
 def _net(text: str) -> Optional[str]:
@@ -78,10 +77,19 @@ def _legacy_nat_loaded() -> bool:
 
 
 def read_nat_rules() -> list:
-    """Every MASQUERADE rule of the nat table, in iptables-nft, iptables-legacy and libvirt's own
-    nftables table."""
+    """Every masquerade rule: nf_tables' (iptables-nft's nat table, libvirt's own nftables table, any
+    other table; from the generation-keyed read of netmedic.firewall), and iptables-legacy's where its
+    nat table is loaded. Without python3-nftables: `iptables-nft -t nat -S` and `nft list table ip
+    libvirt_network`, as before."""
+    from netmedic import firewall
+
     rules: list = []
+    fw = firewall.read(legacy=False)  # nf_tables, iptables-nft's nat table included: cached by generation
+    if fw.error is None:
+        rules.extend(fw.nat_rules)
     for backend in ("nft", "legacy"):
+        if backend == "nft" and fw.error is None:
+            continue  # already in fw.nat_rules
         if backend == "legacy" and not _legacy_nat_loaded():
             continue
         binary = ops._iptables_binary(backend)
@@ -91,7 +99,7 @@ def read_nat_rules() -> list:
         if text:
             rules.extend(parse_iptables_nat(backend, text))
     nft = shutil.which("nft") or next((p for p in ("/usr/sbin/nft", "/sbin/nft") if os.access(p, os.X_OK)), None)
-    if nft:
+    if nft and fw.error is not None:
         text = _run([nft, "list", "table", "ip", "libvirt_network"])
         if text:
             rules.extend(parse_nft_nat(text))
@@ -122,7 +130,10 @@ def read_dnsmasq(network: str, pid_dir: str) -> Dnsmasq:
     except OSError:
         return Dnsmasq(network, pid_file, pid, False, False)
     alive = comm == "dnsmasq"
-    same = alive and _netns_inode(str(pid)) == _netns_inode("self")
+    same: Optional[bool] = False
+    if alive:
+        theirs, mine = _netns_inode(str(pid)), _netns_inode("self")
+        same = None if theirs is None or mine is None else theirs == mine
     return Dnsmasq(network, pid_file, pid, alive, same, cmdline[:300])
 
 

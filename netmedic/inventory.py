@@ -14,6 +14,7 @@ import dataclasses
 import ipaddress
 import os
 import re
+import stat
 import xml.etree.ElementTree as ET
 import xml.parsers.expat
 from typing import Iterable, Optional
@@ -117,13 +118,50 @@ def _dtd_line(data: bytes) -> Optional[int]:
     return None
 
 
+def _read_regular(path: str) -> bytes:
+    """A regular file's bytes, at most MAX_XML_BYTES: a FIFO, a device or a socket in an XML directory
+    is refused without blocking (opened O_NONBLOCK, checked with fstat before any read)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        raise InventoryError(f"cannot read: {exc.strerror}", source=path) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) \
+                else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device"
+            raise InventoryError(f"cannot read: {kind}, not a regular file", source=path)
+        if st.st_size > MAX_XML_BYTES:
+            raise InventoryError(f"larger than {MAX_XML_BYTES} bytes, refused", source=path)
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read(MAX_XML_BYTES + 1)
+    except OSError as exc:
+        raise InventoryError(f"cannot read: {exc.strerror}", source=path) from None
+    finally:
+        os.close(fd)
+
+
+def dir_problems(*directories) -> list:
+    """What is wrong with the run-state XML directories given: missing, or not a directory (one line
+    each, naming the path). The CLI refuses to judge a host from them (exit 2); the daemon warns and
+    keeps looking (libvirtd may create them later)."""
+    out = []
+    for d in directories:
+        if not d:
+            continue
+        try:
+            st = os.stat(d)
+        except OSError as exc:
+            out.append(f"{d}: {exc.strerror or exc}")
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            out.append(f"{d}: not a directory")
+    return out
+
+
 def _parse_xml(path: str, data: Optional[bytes] = None) -> ET.Element:
     if data is None:
-        try:
-            with open(path, "rb") as fh:
-                data = fh.read(MAX_XML_BYTES + 1)
-        except OSError as exc:
-            raise InventoryError(f"cannot read: {exc.strerror}", source=path) from None
+        data = _read_regular(path)
     if len(data) > MAX_XML_BYTES:
         raise InventoryError(f"larger than {MAX_XML_BYTES} bytes, refused", source=path)
     m = _DTD_RE.search(data)
@@ -262,8 +300,11 @@ def parse_network(path: str) -> Network:
 def _xml_files(directory: Optional[str]) -> Iterable[str]:
     if not directory or not os.path.isdir(directory):
         return []
-    return sorted(os.path.join(directory, f) for f in os.listdir(directory)
-                  if f.endswith(".xml") and not f.startswith("."))
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    return sorted(os.path.join(directory, f) for f in names if f.endswith(".xml") and not f.startswith("."))
 
 
 # The daemon reads the run-state directory at every reconcile: a file that has not changed (same inode,

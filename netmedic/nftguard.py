@@ -29,12 +29,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import socket
-import struct
 from typing import Optional
 
 from netmedic.errors import DependencyError, HostError
 from netmedic.facts import BridgeGuard, GuardTable
+from netmedic.firewall import generation  # the ruleset generation (NFT_MSG_GETGEN, ~50 µs): the cache key
 
 FAMILY = "bridge"
 TABLE = "netmedic"
@@ -48,10 +47,6 @@ _ctx = None
 _cache: dict = {}  # netns inode -> (generation, _Model): the latest read (or own change) there
 stats = {"reads": 0, "cached": 0}  # how often the table was listed / a cached model reused (tests, bench)
 
-# NFT_MSG_GETGEN: the ruleset generation id, bumped by the kernel on every committed change (~50 µs to ask).
-_NETLINK_NETFILTER, _NFNL_SUBSYS_NFTABLES, _NFT_MSG_GETGEN, _NFT_MSG_NEWGEN = 12, 10, 16, 15
-_HDR = struct.Struct("=IHHII")
-_NFGEN = struct.Struct("=BBH")
 
 
 def set_name(bridge: str) -> str:
@@ -87,40 +82,6 @@ def _nft():
         ctx.set_stateless_output(False)
         _ctx = ctx
     return _ctx
-
-
-def generation() -> Optional[int]:
-    """This namespace's nf_tables ruleset generation (NFT_MSG_GETGEN), None when it cannot be had."""
-    try:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER)
-    except OSError:
-        return None
-    try:
-        sock.settimeout(2.0)
-        sock.bind((0, 0))
-        sock.send(_HDR.pack(_HDR.size + _NFGEN.size, (_NFNL_SUBSYS_NFTABLES << 8) | _NFT_MSG_GETGEN, 1, 1, 0)
-                  + _NFGEN.pack(socket.AF_UNSPEC, 0, 0))
-        data = sock.recv(8192)
-    except OSError:
-        return None
-    finally:
-        sock.close()
-    off = 0
-    while off + _HDR.size <= len(data):
-        length, kind = _HDR.unpack_from(data, off)[:2]
-        if length < _HDR.size or off + length > len(data):
-            break
-        if kind == (_NFNL_SUBSYS_NFTABLES << 8) | _NFT_MSG_NEWGEN:
-            pos = off + _HDR.size + _NFGEN.size
-            while pos + 8 <= off + length:
-                alen, atype = struct.unpack_from("=HH", data, pos)
-                if alen < 4:
-                    break
-                if atype & 0x3FFF == 1:  # NFTA_GEN_ID
-                    return struct.unpack_from(">I", data, pos + 4)[0]
-                pos += (alen + 3) & ~3
-        off += (length + 3) & ~3
-    return None
 
 
 def _cmd(commands: list, what: str):

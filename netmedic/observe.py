@@ -19,6 +19,7 @@ import os
 import re
 from typing import Iterable, Optional
 
+from netmedic import firewall as firewall_mod
 from netmedic import ops
 from netmedic.inventory import Inventory
 
@@ -31,7 +32,7 @@ class Snapshot:
     inventory: Inventory
     fdb: dict  # (bridge name, mac) -> nl.FdbInfo or None (no entry); only for observed VM NICs
     sysctls: dict  # 'net/ipv4/ip_forward' -> '1' (None: absent, e.g. no br_netfilter)
-    forward_chains: list  # ops.ForwardChain per iptables backend in use
+    forward_chains: list  # ops.ForwardChain per iptables backend in use (iptables-nft's, iptables-legacy's)
     records: dict  # key -> record of what netmedic created (pins, quarantines, rules)
     bridges_observed: Optional[frozenset] = None  # None = all
     domains_observed: Optional[dict] = None  # bridge -> frozenset of domain names it was narrowed to
@@ -41,6 +42,7 @@ class Snapshot:
     port_vlans: Optional[dict] = None  # 'port_vlans': ifindex -> tuple of nl.VlanInfo
     nat_rules: Optional[list] = None  # 'nat_rules': hostfacts.NatRule (MASQUERADE rules)
     dnsmasq: Optional[dict] = None  # 'dnsmasq': network name -> hostfacts.Dnsmasq
+    firewall: Optional[object] = None  # 'firewall': facts.Firewall (nf_tables chains, read when it changed)
     sightings: Optional[dict] = None  # (bridge, mac) -> frames seen on the uplink (diagnose --probe)
     guard: Optional[object] = None  # 'guard': facts.GuardTable, netmedic's nf_tables reflection guard
     # What the kernel showed about itself (kept in the state, re-learned when the kernel changes):
@@ -62,6 +64,11 @@ class Snapshot:
     def bridge(self, name: Optional[str]):
         link = self.link(name)
         return link if link is not None and link.kind == "bridge" else None
+
+    def port_on(self, bridge: Optional[str], port: Optional[str]):
+        """The link `port` when it is a port of `bridge` (both exist), else None."""
+        link, br = self.link(port), self.bridge(bridge)
+        return link if link is not None and br is not None and link.master == br.index else None
 
     def observed(self, bridge: Optional[str]) -> bool:
         return self.bridges_observed is None or bridge in self.bridges_observed
@@ -173,20 +180,28 @@ def observe(netlink, inventory: Inventory, records: Optional[dict] = None,
 
     keys = [("net", "ipv4", "ip_forward"), ("net", "bridge", "bridge-nf-call-iptables")]
     for net in inventory.networks.values():
+        ipv6 = net.forward_mode in ("nat", "route") and any(":" in ip for ip in net.ips)
+        if ipv6:
+            keys.append(("net", "ipv6", "conf", "all", "forwarding"))
         for dev in (net.bridge, net.forward_dev):
             if dev and dev in links:
                 keys.append(("net", "ipv4", "conf", dev, "forwarding"))
+                if ipv6:
+                    keys += [("net", "ipv6", "conf", dev, "forwarding"), ("net", "ipv6", "conf", dev, "accept_ra")]
+    keys = list(dict.fromkeys(keys))
     sysctls = {ops.sysctl_key(*k): ops.read_sysctl(ops.sysctl_key(*k)) for k in keys}
 
     chains: list = []
-    if firewall_always:
-        chains = ops.read_forward_chains()
-    elif firewall:
+    fw = None
+    if firewall_always or (firewall and bridges_with_vms):
+        # nf_tables (bridge tables too, whatever br_netfilter says) is re-read only when its generation
+        # changed; iptables-legacy (no generation) only when br_netfilter sends VM traffic through it.
         global_nf = sysctls.get("net/bridge/bridge-nf-call-iptables") == "1"
-        if any(global_nf or (links[b].bridge and links[b].bridge.nf_call_iptables)
-               for b in bridges_with_vms):
-            chains = ops.read_forward_chains()
+        brnf = any(global_nf or (links[b].bridge and links[b].bridge.nf_call_iptables) for b in bridges_with_vms)
+        fw = firewall_mod.read(legacy=brnf or firewall_always)
+        chains = list(fw.iptables)
     return Snapshot(links=links, inventory=inventory, fdb=fdb, sysctls=sysctls, forward_chains=chains,
+                    firewall=fw,
                     records=dict(records or {}), bridges_observed=only, domains_observed=narrow,
                     links_complete=only is None, kernel=_kernel(kernel, records or {}, links, fdb),
                     **_extras(netlink, inventory, links, bridges_with_vms, set(needs), full=only is None))

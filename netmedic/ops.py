@@ -13,8 +13,8 @@ import subprocess
 from typing import Optional
 
 from netmedic import nl
-from netmedic.errors import DependencyError, HostError
-from netmedic.facts import ForwardChain, bridge_accept_rule  # noqa: F401  (re-exported)
+from netmedic.errors import DependencyError, HostError, InputError
+from netmedic.facts import ForwardChain, bridge_accept_rule, literal_ifname  # noqa: F401  (re-exported)
 from netmedic.model import Step
 
 PROC_SYS = "/proc/sys"
@@ -61,10 +61,10 @@ def _legacy_filter_loaded() -> bool:
         return False
 
 
-def read_forward_chains() -> list:
+def read_forward_chains(backends=("nft", "legacy")) -> list:
     """The FORWARD chain of each iptables backend in use in this network namespace."""
     chains = []
-    for backend in ("nft", "legacy"):
+    for backend in backends:
         if backend == "legacy" and not _legacy_filter_loaded():
             continue
         binary = _iptables_binary(backend)
@@ -86,6 +86,16 @@ def read_forward_chains() -> list:
                 rules.append(line.strip())
         chains.append(ForwardChain(backend=backend, policy=policy, rules=tuple(rules)))
     return chains
+
+
+def unsafe_ifname(name: str) -> Optional[str]:
+    """Why an interface name must not go into a firewall rule (None: it may). Linux allows `br+` or
+    `vm*` as names, but iptables reads `br+` as every interface starting with br (and a bare `+` as
+    every interface: netmedic's ACCEPT would become unconditional) and nft reads `*` as a wildcard."""
+    if literal_ifname(name):
+        return None
+    return (f"interface name {name!r} would be read by iptables/nft as a pattern: no firewall rule is "
+            "made for it")
 
 
 class HostOps:
@@ -144,6 +154,11 @@ class HostOps:
             self._write_sysctl(a["key"], a["value"])
         elif op == "iptables":
             self._iptables(a["backend"], a["args"])
+        elif op in ("nft_insert_accept", "nft_delete_accept"):
+            from netmedic import firewall
+
+            fn = firewall.insert_accept if op == "nft_insert_accept" else firewall.delete_accept
+            fn(a["family"], a["table"], a["chain"], a["bridge"])
         elif op == "guard_add":
             from netmedic import nftguard
             nftguard.add(a["bridge"], a["mac"], a["port"], stale_tap=a.get("stale_port"))
@@ -166,6 +181,11 @@ class HostOps:
 
     @staticmethod
     def _iptables(backend: str, args: list) -> None:
+        for flag, value in zip(args, args[1:]):  # the last guard: no pattern ever reaches a rule
+            if flag in ("-i", "-o", "--in-interface", "--out-interface"):
+                why = unsafe_ifname(value)
+                if why:
+                    raise InputError(why)
         binary = _iptables_binary(backend)
         if binary is None:
             raise DependencyError(f"iptables for the {backend} backend is not installed")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import sys
 from typing import Optional
 
 # The optional facts an invariant may ask observe() for (Snapshot fields read only when needed).
@@ -110,13 +111,22 @@ class Healer(abc.ABC):
         return self.RECORDS or (self.NAME,)
 
 
-def validate_invariant(inv) -> Invariant:
+def warn(message: str) -> None:
+    print(f"netmedic: warning: {message}", file=sys.stderr)
+
+
+def _validate(obj, base: type, kind: str):
     """Refuse a malformed plugin at registration (a plugin bug, not the admin's)."""
-    where = f"invariant plugin {type(inv).__module__}.{type(inv).__name__}"
-    if not isinstance(inv, Invariant):
-        raise TypeError(f"{where}: not a netmedic.plugin.Invariant")
-    if not inv.NAME or not isinstance(inv.NAME, str):
+    where = f"{kind} plugin {type(obj).__module__}.{type(obj).__name__}"
+    if not isinstance(obj, base):
+        raise TypeError(f"{where}: not a netmedic.plugin.{base.__name__}")
+    if not obj.NAME or not isinstance(obj.NAME, str):
         raise TypeError(f"{where}: NAME must be a non-empty string")
+    return where
+
+
+def validate_invariant(inv) -> Invariant:
+    where = _validate(inv, Invariant, "invariant")
     if inv.DEFAULT_MODE not in MODES:
         raise TypeError(f"{where}: DEFAULT_MODE must be one of {', '.join(MODES)}")
     unknown = set(inv.NEEDS) - FACTS
@@ -126,16 +136,25 @@ def validate_invariant(inv) -> Invariant:
 
 
 def validate_healer(healer) -> Healer:
-    where = f"healer plugin {type(healer).__module__}.{type(healer).__name__}"
-    if not isinstance(healer, Healer):
-        raise TypeError(f"{where}: not a netmedic.plugin.Healer")
-    if not healer.NAME or not isinstance(healer.NAME, str):
-        raise TypeError(f"{where}: NAME must be a non-empty string")
+    _validate(healer, Healer, "healer")
     return healer
 
 
+def register_entry_points(group: str, registry: dict, validate) -> None:
+    """Add the plugins of an entry-point group to a registry, after the built-in ones (a name already
+    taken is not replaced); a malformed one is skipped with a warning."""
+    for obj in entry_points(group):
+        try:
+            obj = validate(obj)
+        except TypeError as exc:
+            warn(f"{exc}: skipped")
+            continue
+        registry.setdefault(obj.NAME, obj)
+
+
 def entry_points(group: str) -> list:
-    """The objects registered under an entry-point group (third-party plugins), loaded."""
+    """The objects registered under an entry-point group (third-party plugins), loaded. A plugin that
+    fails to load is skipped with a one-line warning on stderr (its bug must not stop netmedic)."""
     try:
         from importlib.metadata import entry_points as eps
     except ImportError:  # pragma: no cover
@@ -146,6 +165,24 @@ def entry_points(group: str) -> list:
         found = eps().get(group, [])
     out = []
     for ep in found:
-        obj = ep.load()
-        out.append(obj() if isinstance(obj, type) else obj)
+        try:
+            obj = ep.load()
+            out.append(obj() if isinstance(obj, type) else obj)
+        except Exception as exc:  # noqa: BLE001 - a third party's bug
+            warn(f"plugin {ep.name} ({group}): {exc!r}: skipped")
     return out
+
+
+_LOADED = False
+
+
+def load_plugins() -> None:
+    """Add the third-party invariants and healers of the entry-point groups to the registries (once)."""
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    from netmedic import healers, policies
+
+    policies.load_entry_points()
+    healers.load_entry_points()

@@ -7,7 +7,9 @@
 - `kernel`: what the kernel showed about itself (does it keep a pin's sticky flag?), with its release.
 
 Writers hold an exclusive flock on `state.lock` for the whole read-modify-write, and replace the file
-atomically, so a crash never leaves it half-written.
+atomically, so a crash never leaves it half-written. While the file is the one this object last read or
+wrote (same inode, mtime, size) and nothing changed in memory, a pass reuses what it holds instead of
+parsing and serializing it again (1,000 records: ~600 kB, tens of ms each way).
 """
 from __future__ import annotations
 
@@ -15,9 +17,26 @@ import contextlib
 import fcntl
 import json
 import os
-from typing import Optional
+import sys
+import time
+from typing import Callable, Optional
 
-DEFAULT_STATE_DIR = "/var/lib/netmedic"
+from netmedic.settings import DEFAULT_STATE_DIR
+
+
+def _valid_record(key, rec) -> bool:
+    return isinstance(key, str) and isinstance(rec, dict) and isinstance(rec.get("kind"), str) and \
+        all(isinstance(rec.get(f), (str, type(None))) for f in ("bridge", "port", "mac", "domain"))
+
+
+def _num(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _valid_guard(key, entry) -> bool:
+    return isinstance(key, str) and isinstance(entry, dict) and \
+        all(isinstance(entry.get(f), list) and all(_num(t) for t in entry[f]) for f in ("actions", "fixes")) and \
+        all(_num(entry.get(f)) for f in ("failures", "next_try", "open_until"))
 
 
 class State:
@@ -27,12 +46,27 @@ class State:
         self.records: dict = {}
         self.guard: dict = {}
         self.kernel: dict = {}
-        # The file as last read or written by this object: its text, its data (a separate copy, to tell
-        # whether anything changed), and its identity (inode, mtime, size): while the file is the one this
-        # object last saw, a pass reuses what it holds instead of parsing it again (1,000 records: ~600 kB).
-        self._text: Optional[str] = None
-        self._pristine: Optional[dict] = None
-        self._sig: Optional[tuple] = None
+        self._sig: Optional[tuple] = None  # the file's identity when this object last read or wrote it ...
+        self._pristine: Optional[dict] = None  # ... and its data then (a copy of its own)
+        self._loaded: Optional[str] = None  # what _load() read, serialized as _save() would write it
+        # Called with (event, **fields) for what the admin must hear of (a malformed file moved aside, the
+        # state that cannot be written): the CLI and the daemon route it to the audit.
+        self.report: Optional[Callable] = None
+        self.save_error: Optional[str] = None  # the last save failed (full disk, read-only): why
+        # What could not be written (a save failed): this process's changes to the records since the
+        # last load (key -> record, None: removed) and its counters, laid over the file at each load
+        # (another writer, a hook, may have saved meanwhile) until a save works.
+        self._unsaved: Optional[dict] = None
+        self._base: dict = {}  # the records as loaded (to tell this process's changes)
+
+    def _say(self, event: str, **fields) -> None:
+        try:
+            if self.report is not None:
+                self.report(event, **fields)
+            else:  # no audit wired (a hook's own engine): at least on stderr (libvirtd's log)
+                sys.stderr.write(json.dumps({"event": event, **fields}, default=str) + "\n")
+        except Exception:  # noqa: BLE001 - bookkeeping never stops protection
+            pass
 
     def _data(self) -> dict:
         data = {"version": 1, "records": self.records, "guard": self.guard}
@@ -50,19 +84,27 @@ class State:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
 
-    def _set(self, data) -> None:
-        data = data if isinstance(data, dict) else {}
-        records, guard, kernel = data.get("records"), data.get("guard"), data.get("kernel")
-        self.records = records if isinstance(records, dict) else {}
-        self.guard = guard if isinstance(guard, dict) else {}
-        self.kernel = kernel if isinstance(kernel, dict) else {}
+    def _unchanged(self) -> bool:
+        """Is what this object holds the file as it last read or wrote it (no other writer since, nothing
+        changed in memory)?"""
+        return self._unsaved is None and self._pristine is not None and self._data() == self._pristine
+
+    def _move_aside(self, why: str) -> None:
+        """A state file netmedic cannot use: keep it for the admin, audit it, start from what is valid."""
+        aside = f"{self.path}.malformed-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        try:
+            os.replace(self.path, aside)
+        except OSError as exc:
+            aside = f"(not moved: {exc.strerror or exc})"
+        self._say("state_malformed", path=self.path, moved_to=aside, error=why, level="warning",
+                  reason="kept aside for the admin; netmedic goes on with what was valid in it")
 
     def _load(self) -> None:
         sig = self._signature()
-        if sig is not None and sig == self._sig and self._pristine is not None:
-            if self._data() != self._pristine:  # changed in memory and not saved (read-only use, an error)
-                self._set(json.loads(self._text))
+        if sig is not None and sig == self._sig and self._unchanged():
+            self._base = dict(self.records)
             return
+        self._sig = self._pristine = None
         text = None
         try:
             with open(self.path, encoding="utf-8") as fh:
@@ -70,47 +112,125 @@ class State:
             data = json.loads(text)
         except FileNotFoundError:
             data = {}
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError) as exc:
             # A corrupt file must not stop healing: keep it aside for the admin and start afresh.
-            with contextlib.suppress(OSError):
-                os.replace(self.path, self.path + ".corrupt")
-            data, sig = {}, None
-        self._set(data)
-        good = bool(data) and isinstance(data, dict)
-        self._text = text if good else None
-        self._pristine = json.loads(text) if good else None
-        self._sig = sig if good else None
+            self._move_aside(f"unreadable: {exc}")
+            data = {}
+        if not isinstance(data, dict):
+            self._move_aside(f"not a JSON object but {type(data).__name__}")
+            data = {}
+        records, guard = data.get("records", {}), data.get("guard", {})
+        bad = []
+        if not isinstance(records, dict):
+            bad.append(f"records is {type(records).__name__}, not an object")
+            records = {}
+        if not isinstance(guard, dict):
+            bad.append(f"guard is {type(guard).__name__}, not an object")
+            guard = {}
+        wrong = [k for k, r in records.items() if not _valid_record(k, r)]
+        wrong_guard = [k for k, g in guard.items() if not _valid_guard(k, g)]
+        if wrong:
+            bad.append(f"malformed records: {', '.join(map(str, wrong[:5]))}")
+        if wrong_guard:
+            bad.append(f"malformed guard entries: {', '.join(map(str, wrong_guard[:5]))}")
+        self.records = {k: r for k, r in records.items() if k not in wrong}
+        self.guard = {k: g for k, g in guard.items() if k not in wrong_guard}
+        kernel = data.get("kernel")
+        self.kernel = kernel if isinstance(kernel, dict) else {}
+        if bad:
+            self._move_aside("; ".join(bad))
+            self._loaded = None  # write the valid part back
+        elif data:
+            self._loaded = self._serialize()
+            self._sig, self._pristine = sig, json.loads(text)
+        else:
+            self._loaded = None
+        if self._unsaved is not None:  # the last save failed: lay this process's changes over the file
+            for key, rec in self._unsaved["records"].items():
+                if rec is None:
+                    self.records.pop(key, None)
+                else:
+                    self.records[key] = rec
+            self.guard = self._unsaved["guard"]
+            self._loaded = None
+        self._base = dict(self.records)  # (records are replaced, never changed in place)
 
     def _save(self) -> None:
-        if self._pristine is not None and self._data() == self._pristine:
+        if self._unchanged():
             return  # nothing changed: no write, no fsync
         text = self._serialize()
+        if text == self._loaded:
+            return
         tmp = f"{self.path}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-        self._text, self._pristine, self._sig = text, json.loads(text), self._signature()
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            self._sig = self._pristine = None
+            # Full disk, read-only file system: the change on the host is made and stays made; its
+            # record stays in this process (written at the next save that works); no temp file left.
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            error = f"{self.path}: {exc.strerror or exc}"
+            if self.save_error is None:
+                self._say("state_degraded", error=error, level="alert",
+                          reason="netmedic's records are kept in memory until the state can be written")
+            changes = dict(self._unsaved["records"]) if self._unsaved else {}
+            changes.update({k: r for k, r in self.records.items() if self._base.get(k) != r})
+            changes.update({k: None for k in self._base if k not in self.records})
+            self.save_error = error
+            self._unsaved = {"records": json.loads(json.dumps(changes)), "guard": json.loads(json.dumps(self.guard))}
+            return
+        self._loaded = text
+        self._sig, self._pristine = self._signature(), json.loads(text)
+        if self.save_error is not None:
+            self._say("state_recovered", was=self.save_error)
+        self.save_error = self._unsaved = None
+        self._base = dict(self.records)  # (records are replaced, never changed in place)
+
+    def persist(self) -> None:
+        """Write now (fsync'd), inside locked(): what netmedic is about to create is on disk before the
+        host changes. A write that fails does not stop the caller (protection before bookkeeping)."""
+        try:
+            self._save()
+        except OSError:
+            pass  # the state stays in this process; the save at the end of the pass tries again
 
     @contextlib.contextmanager
     def locked(self, write: bool = True):
-        """Load under an exclusive lock; save on a clean exit when write is true."""
-        os.makedirs(self.directory, mode=0o750, exist_ok=True)
-        with open(os.path.join(self.directory, "state.lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        """Load under an exclusive lock; save on a clean exit when write is true. A lock file that
+        cannot be created (read-only file system) does not stop the pass: it runs unlocked."""
+        lock = None
+        try:
+            os.makedirs(self.directory, mode=0o750, exist_ok=True)
+            lock = open(os.path.join(self.directory, "state.lock"), "a")
+        except OSError as exc:
+            if self.save_error is None and write:
+                self._say("state_degraded", error=f"{self.directory}: {exc.strerror or exc}", level="alert",
+                          reason="running without the state lock; records kept in memory")
+                self.save_error = f"{self.directory}: {exc.strerror or exc}"
+        try:
+            if lock is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 self._load()
                 yield self
                 if write:
                     self._save()
             finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+                if lock is not None:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+        finally:
+            if lock is not None:
+                lock.close()
 
     def read(self) -> State:
         """A consistent read without keeping the lock; creates nothing when there is no state yet."""
-        if not os.path.exists(self.path):
-            self._set({})
+        if not os.path.exists(self.path) and self._unsaved is None:
+            self.records, self.guard, self.kernel = {}, {}, {}
             return self
         with self.locked(write=False):
             pass

@@ -5,8 +5,9 @@
 #                                tracked + untracked-not-ignored, as `git ls-files` sees them)
 #   packaging/build.sh deb       the tarball, extracted to build/deb/, packaging/debian copied to debian/,
 #                                dpkg-buildpackage -b; lintian -> build/packages/lintian.txt
-#   packaging/build.sh rpm       rpmbuild with _topdir build/rpm/ from the same tarball;
-#                                rpmlint -> build/packages/rpmlint.txt
+#   packaging/build.sh rpm       rpmbuild with _topdir build/rpm/TARGET/ from the same tarball, once per
+#                                target (packaging/rpm/targets/*.macros: el9), each byte-compiled by a
+#                                local python of the target's version; rpmlint -> build/packages/rpmlint.txt
 #
 # A package is rebuilt only when the tarball's content changed since its last build (the tarball is
 # reproducible: sorted, fixed owners and mtimes, gzip -n), so back-to-back `make deb` runs and test
@@ -102,35 +103,63 @@ build_deb() {
     rm -rf "$work"
 }
 
+# A local interpreter of version $1 (X.Y), for byte-compiling and checking a target's package:
+# pyenv's (${PYENV_ROOT:-$HOME/.pyenv}/versions/X.Y.*, the newest), else pythonX.Y on PATH.
+find_python() {
+    local c
+    for c in $(ls -d "${PYENV_ROOT:-${HOME:-/root}/.pyenv}"/versions/"$1".*/bin/python"$1" 2>/dev/null | sort -rV) \
+             $(command -v "python$1" 2>/dev/null); do
+        if "$c" -c pass 2>/dev/null; then echo "$c"; return 0; fi
+    done
+    return 1
+}
+
+# One RPM per target, packaging/rpm/targets/TARGET.macros (today: el9): its dist tag in the file name,
+# its python3.Y site-packages, byte-code compiled by a local python3.Y, python(abi) = 3.Y.
 build_rpm() {
-    local sha top
+    local sha top macros target pyver pybc packager
     sha=$(tarball)
     if fresh rpm "$sha"; then
-        echo "build.sh: $(ls "$OUT"/*.rpm) is up to date"
+        echo "build.sh: $(ls "$OUT"/*.rpm | tr '\n' ' ')is up to date"
         return 0
     fi
     rm -f "$OUT"/*.rpm "$OUT/.rpm.sha256" "$OUT/rpmlint.txt"
-    top=$ROOT/build/rpm
-    rm -rf "$top"
-    mkdir -p "$top"/{SOURCES,SPECS,BUILD,RPMS,SRPMS,BUILDROOT}
-    cp "$OUT/$NAME.tar.gz" "$top/SOURCES/"
-    sed "s/^Version: .*/Version:        $VERSION/" packaging/rpm/netmedic.spec > "$top/SPECS/netmedic.spec"
-    # --nodeps: the BuildRequires name EL9 packages, which a Debian host's rpm database does not have.
-    rpmbuild --define "_topdir $top" --define "_source_filedigest_algorithm 8" \
-        --define "_binary_filedigest_algorithm 8" --nodeps -ba "$top/SPECS/netmedic.spec" \
-        > "$top/build.log" 2>&1 || {
-        tail -40 "$top/build.log" >&2
-        echo "build.sh: rpmbuild failed; full log: $top/build.log" >&2
-        exit 1
-    }
-    cp "$top"/RPMS/noarch/netmedic-*.rpm "$top"/SRPMS/netmedic-*.src.rpm "$OUT/"
+    packager="netmedic maintainers <maintainers@users.noreply.h-seed-7e761159.example>"
+    for macros in packaging/rpm/targets/*.macros; do
+        target=$(basename "$macros" .macros)
+        pyver=$(sed -n 's/^%python3_version  *\([0-9.]*\)$/\1/p' "$macros")
+        [ -n "$pyver" ] || { echo "build.sh: $macros defines no python3_version" >&2; exit 1; }
+        pybc=$(find_python "$pyver") || {
+            echo "build.sh: the $target RPM needs a local python$pyver to byte-compile with (pyenv install $pyver)" >&2
+            exit 1
+        }
+        top=$ROOT/build/rpm/$target
+        rm -rf "$top"
+        mkdir -p "$top"/{SOURCES,SPECS,BUILD,RPMS,SRPMS,BUILDROOT}
+        cp "$OUT/$NAME.tar.gz" "$top/SOURCES/"
+        sed "s/^Version: .*/Version:        $VERSION/" packaging/rpm/netmedic.spec > "$top/SPECS/netmedic.spec"
+        # --nodeps: the BuildRequires name EL packages, which a Debian host's rpm database does not have.
+        # __os_install_post: Debian's brp-compress uses bash's `read -d`, under /bin/sh (dash) it
+        # compresses nothing; EL gzips the man pages, so run it with bash (the other brp scripts strip
+        # binaries: a noarch package has none).
+        rpmbuild --load "$ROOT/$macros" --define "_topdir $top" --define "python3_bytecompile $pybc" \
+            --define "__os_install_post /bin/bash /usr/lib/rpm/brp-compress %{_prefix}" \
+            --define "packager $packager" --define "_source_filedigest_algorithm 8" \
+            --define "_binary_filedigest_algorithm 8" --nodeps -ba "$top/SPECS/netmedic.spec" \
+            > "$top/build.log" 2>&1 || {
+            tail -40 "$top/build.log" >&2
+            echo "build.sh: rpmbuild ($target) failed; full log: $top/build.log" >&2
+            exit 1
+        }
+        cp "$top"/RPMS/noarch/netmedic-*.rpm "$top"/SRPMS/netmedic-*.src.rpm "$OUT/"
+    done
     echo "$sha" > "$OUT/.rpm.sha256"
     echo "build.sh: built $(ls "$OUT"/*.rpm | tr '\n' ' ')"
     if command -v rpmlint >/dev/null; then
-        rpmlint "$OUT"/netmedic-*.noarch.rpm "$top/SPECS/netmedic.spec" > "$OUT/rpmlint.txt" 2>&1 || true
+        rpmlint -c packaging/rpm/rpmlint.toml "$OUT"/netmedic-*.noarch.rpm packaging/rpm/netmedic.spec > "$OUT/rpmlint.txt" 2>&1 || true
         echo "build.sh: rpmlint:"; sed 's/^/  /' "$OUT/rpmlint.txt"
     fi
-    rm -rf "$top"
+    rm -rf "$ROOT/build/rpm"
 }
 
 case "${1:-}" in

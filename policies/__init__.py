@@ -30,11 +30,8 @@ INVARIANTS = {m.PLUGIN.NAME: plugin.validate_invariant(m.PLUGIN) for m in BUILTI
 
 
 def load_entry_points() -> None:
-    """Add third-party invariants registered under the `netmedic.invariants` entry-point group (after the
-    built-in ones; a name already taken is not replaced)."""
-    for inv in plugin.entry_points("netmedic.invariants"):
-        inv = plugin.validate_invariant(inv)
-        INVARIANTS.setdefault(inv.NAME, inv)
+    """Add third-party invariants registered under the `netmedic.invariants` entry-point group."""
+    plugin.register_entry_points("netmedic.invariants", INVARIANTS, plugin.validate_invariant)
 
 
 def healer_for(violation, options: dict):

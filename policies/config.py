@@ -57,16 +57,17 @@ def _onoff(value, choices):
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    rate_actions: int = 6  # heal actions per subject ...
+    rate_actions: int = 20  # heal actions per subject ...
     rate_window: float = 60.0  # ... per this many seconds
     global_actions: int = 120  # heal actions on the whole host per global_window
     global_window: float = 60.0
     max_attempts: int = 5  # failed attempts on a subject before giving up until it changes
     backoff_initial: float = 2.0  # seconds after the first failed attempt, doubling
     backoff_max: float = 300.0
-    breaker_trips: int = 4  # fixes of the same subject within breaker_window => it flaps: stop, alert
+    breaker_trips: int = 4  # fixes undone within breaker_hold, this many within breaker_window => a fight
     breaker_window: float = 600.0
-    breaker_cooldown: float = 1800.0
+    breaker_cooldown: float = 1800.0  # the longest pause (the first is shorter, doubling: bounds.py)
+    breaker_hold: float = 1.0  # a fix that held this long before the fault came back was not fought
     verify_retries: int = 5  # re-observations before a heal is declared failed
     verify_interval: float = 0.05
 
@@ -74,11 +75,24 @@ class Limits:
 # Counts where 0 would stop every heal with a misleading reason ("tripped after 0 fixes"): at least 1.
 LIMIT_MIN_ONE = ("rate_actions", "global_actions", "max_attempts", "breaker_trips")
 
+# The documented range of every numeric policy value (docs/policy.md), inclusive: anything outside is
+# refused by `policy check` and at load (a 1e12 verify.retries would wedge a pass, a 1e300 cooldown overflow).
+LIMIT_RANGES = {
+    "rate_actions": (1, 10000), "rate_window": (1, 86400),
+    "global_actions": (1, 100000), "global_window": (1, 86400),
+    "max_attempts": (1, 1000), "backoff_initial": (0, 3600), "backoff_max": (0, 86400),
+    "breaker_trips": (1, 1000), "breaker_window": (1, 86400), "breaker_cooldown": (1, 604800),
+    "breaker_hold": (0, 3600),
+    "verify_retries": (0, 100), "verify_interval": (0, 10),
+}
+RESYNC_MAX = 86400
+
 LIMIT_FIELDS = {
     "rate": {"actions": "rate_actions", "window": "rate_window"},
     "global_rate": {"actions": "global_actions", "window": "global_window"},
     "attempts": {"max": "max_attempts", "backoff_initial": "backoff_initial", "backoff_max": "backoff_max"},
-    "breaker": {"trips": "breaker_trips", "window": "breaker_window", "cooldown": "breaker_cooldown"},
+    "breaker": {"trips": "breaker_trips", "window": "breaker_window", "cooldown": "breaker_cooldown",
+                "hold": "breaker_hold"},
     "verify": {"retries": "verify_retries", "interval": "verify_interval"},
 }
 
@@ -132,6 +146,8 @@ class Policy:
     limits: Limits
     invariants: dict  # name -> InvariantPolicy
     resync_interval: float = 60.0
+    metrics_listen: str = ""  # metrics.listen: ADDRESS:PORT of the daemon's /metrics ("" off)
+    metrics_textfile: str = ""  # metrics.textfile: node_exporter textfile collector file ("" off)
 
     def in_scope(self, bridge: Optional[str], domain: Optional[str]) -> bool:
         return self.scope.bridge_in(bridge) and self.scope.domain_in(domain)
@@ -248,6 +264,10 @@ def _limits(raw, base: Limits, path: str, doc: _Doc) -> Limits:
                 raise doc.error(kpath, f"must be an integer >= 0 (got {v!r})")
             if attr in LIMIT_MIN_ONE and v < 1:
                 raise doc.error(kpath, f"must be an integer >= 1 (got {v!r}; to stop healing use mode: observe)")
+            lo, hi = LIMIT_RANGES[attr]
+            if not lo <= v <= hi:
+                raise doc.error(kpath, f"must be {'an integer' if integer else 'a number'} from {lo:g} to {hi:g} "
+                                f"(got {v!r})")
             changes[attr] = type(getattr(base, attr))(v)
     return dataclasses.replace(base, **changes)
 
@@ -267,7 +287,8 @@ def _bool(raw, path, doc):
 
 
 TOP_KEYS = ("version", "mode", "dry_run", "kill_switch_file", "scope", "limits", "invariants",
-            "resync_interval")
+            "resync_interval", "metrics")
+METRICS_KEYS = ("listen", "textfile")
 COMMON_KEYS = ("enabled", "mode", "bridges", "limits")
 
 
@@ -291,8 +312,9 @@ def parse(text: str, source: str = "<policy>") -> Policy:
         raise doc.error("kill_switch_file", "must be a path")
     resync = data.get("resync_interval", 60)
     if isinstance(resync, bool) or not isinstance(resync, (int, float)) or not math.isfinite(resync) \
-            or resync <= 0:
-        raise doc.error("resync_interval", f"must be a number of seconds > 0 (got {resync!r})")
+            or not 0 < resync <= RESYNC_MAX:
+        raise doc.error("resync_interval", f"must be a number of seconds > 0 and <= {RESYNC_MAX} (got {resync!r})")
+    metrics_listen, metrics_textfile = _metrics(data.get("metrics"), doc)
     raw_scope = data.get("scope", {}) or {}
     if not isinstance(raw_scope, dict):
         raise doc.error("scope", "must be a mapping")
@@ -345,7 +367,33 @@ def parse(text: str, source: str = "<policy>") -> Policy:
             name=name, enabled=enabled, mode=imode, bridge_modes=tuple(bridge_modes), options=options,
             limits=_limits(raw.get("limits"), limits, f"{path}.limits", doc))
     return Policy(source=source, dry_run=dry_run, kill_switch_file=kill, scope=scope, limits=limits,
-                  invariants=invariants, resync_interval=float(resync))
+                  invariants=invariants, resync_interval=float(resync), metrics_listen=metrics_listen,
+                  metrics_textfile=metrics_textfile)
+
+
+def _metrics(raw, doc: _Doc) -> tuple:
+    """The `metrics:` section: (listen, textfile), "" for off (docs/monitoring.md)."""
+    from netmedic.metrics import parse_listen
+
+    if raw is None:
+        return "", ""
+    if not isinstance(raw, dict):
+        raise doc.error("metrics", "must be a mapping (listen, textfile)")
+    for key in raw:
+        if key not in METRICS_KEYS:
+            raise doc.error(f"metrics.{key}", f"unknown key (known: {', '.join(METRICS_KEYS)})")
+    listen = raw.get("listen") or ""
+    textfile = raw.get("textfile") or ""
+    if not isinstance(listen, str):
+        raise doc.error("metrics.listen", f"must be ADDRESS:PORT or empty (got {listen!r})")
+    if listen:
+        try:
+            parse_listen(listen)
+        except ValueError as exc:
+            raise doc.error("metrics.listen", str(exc)) from None
+    if not isinstance(textfile, str) or (textfile and not (os.path.isabs(textfile) and textfile.endswith(".prom"))):
+        raise doc.error("metrics.textfile", f"must be an absolute path ending in .prom, or empty (got {textfile!r})")
+    return listen, textfile
 
 
 def load(path: Optional[str]) -> Policy:

@@ -53,7 +53,7 @@ class NatNetworkHealth(Invariant):
                             {"subnet": subnet, "masquerade_rules": [r.rule for r in snapshot.nat_rules],
                              "fix": masquerade_fix(subnet, net.forward_dev)}))
             dns = (snapshot.dnsmasq or {}).get(net.name)
-            if dns is not None and not (dns.alive and dns.same_netns):
+            if dns is not None and not (dns.alive and dns.same_netns is not False):  # None: unknown, not a fault
                 why = ("no pid file" if dns.pid is None else
                        f"pid {dns.pid} is not a running dnsmasq" if not dns.alive else
                        f"dnsmasq pid {dns.pid} runs in another network namespace")

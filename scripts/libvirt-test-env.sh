@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What the libvirt tests (tests/test_libvirt*.py) need, idempotently, on Debian 12:
+# What the libvirt tests (tests/integration/test_libvirt.py, tests/integration/test_e2e_guest.py) need, idempotently, on Debian 12:
 #  - libvirtd (monolithic daemon) + virtlogd, qemu-system-x86 (the tests run TCG guests with no disk),
 #    dnsmasq-base (libvirt's network driver wants it), libvirt-dev + pkg-config (to build libvirt-python),
 #    busybox (its udhcpc takes a real dnsmasq lease on a libvirt NAT network);
@@ -33,7 +33,7 @@ if [ -n "$missing" ]; then
     [ "$rc" -eq 0 ] || exit "$rc"
 fi
 
-# The end-to-end guest (tests/test_e2e_guest.py): a Debian cloud kernel and busybox-static, fetched as
+# The end-to-end guest (tests/integration/test_e2e_guest.py): a Debian cloud kernel and busybox-static, fetched as
 # .debs and unpacked into a cache directory, NOT installed: installing a kernel package runs
 # initramfs/bootloader hooks on this shared host, and busybox-static conflicts with busybox (above).
 GUEST_DIR=/var/cache/netmedic-test/e2e-guest

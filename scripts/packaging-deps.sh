@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Installs, idempotently, what `make deb` and `make rpm` (and tests/test_packaging.py) need on Debian 12:
+# Installs, idempotently, what `make deb` and `make rpm` (and tests/integration/test_packaging.py) need on Debian 12:
 #  - the .deb: dpkg-dev, debhelper (compat 13), dh-python with its pyproject plugin (pybuild drives
 #    setuptools' PEP 517 backend: netmedic has no setup.py), python3-all, python3-setuptools, fakeroot;
 #  - the .rpm: rpm (Debian's rpm package ships rpmbuild);
 #  - the linters: lintian, rpmlint (Debian 12 has rpmlint 2.4);
-#  - the runtime dependencies of the .deb, so that installing it in the tests needs no download.
+#  - the runtime dependencies of the .deb, so that installing it in the tests needs no download;
+#  - for each RPM target (packaging/rpm/targets/*.macros), a local Python of the target's version to
+#    byte-compile with (3.9 for EL9): pyenv's, else pythonX.Y on PATH, else `pyenv install X.Y`.
 # devscripts is not needed (dpkg-buildpackage comes with dpkg-dev).
 set -euo pipefail
 
@@ -31,4 +33,25 @@ if [ -n "$missing" ]; then
     apt-get update -qq >/dev/null
     # shellcheck disable=SC2086
     apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+if [ "${1:-all}" != deb ]; then
+    cd "$(dirname "$0")/.."
+    for macros in packaging/rpm/targets/*.macros; do
+        v=$(sed -n 's/^%python3_version  *\([0-9.]*\)$/\1/p' "$macros")
+        [ -n "$v" ] || continue
+        found=""
+        for c in $(ls -d "${PYENV_ROOT:-${HOME:-/root}/.pyenv}"/versions/"$v".*/bin/python"$v" 2>/dev/null) \
+                 $(command -v "python$v" 2>/dev/null); do
+            if "$c" -c pass 2>/dev/null; then found=$c; break; fi
+        done
+        if [ -z "$found" ]; then
+            pyenv=$(command -v pyenv || ls "${PYENV_ROOT:-${HOME:-/root}/.pyenv}/bin/pyenv" 2>/dev/null) || {
+                echo "packaging-deps: the $(basename "$macros" .macros) RPM needs a local python$v (install pyenv or python$v)" >&2
+                exit 1
+            }
+            echo "packaging-deps: pyenv install $v (a source build) for the $(basename "$macros" .macros) RPM"
+            "$pyenv" install -s "$v"
+        fi
+    done
 fi

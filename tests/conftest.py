@@ -1,5 +1,5 @@
 """Shared fixtures. Integration tests build real kernel topologies (bridges, veths, fdb, tc) in
-network namespaces they own (labnet.Topology, removed in teardown even on failure) and run the real
+network namespaces they own (netmedic.lab.Topology, removed in teardown even on failure) and run the real
 `netmedic` command inside them: they judge by connectivity and kernel state, not by netmedic's word."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import sys
 import pytest
 import yaml
 
-from netmedic import labnet
+from netmedic.lab import Topology, build_seed_case
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_POLICY = os.path.join(ROOT, "policies", "default.yaml")
@@ -102,7 +102,7 @@ class Netmedic:
 
 @pytest.fixture
 def topo():
-    t = labnet.Topology("nmt")
+    t = Topology("nmt")
     try:
         yield t
     finally:
@@ -110,7 +110,7 @@ def topo():
 
 
 def _seed(topo, tmp_path, reflect):
-    lab = labnet.build_seed_case(topo, str(tmp_path / "lab"), reflect=reflect)
+    lab = build_seed_case(topo, str(tmp_path / "lab"), reflect=reflect)
     lab.nm = Netmedic(topo, lab.host, tmp_path, lab.domain_xml_dir, lab.network_xml_dir)
     return lab
 

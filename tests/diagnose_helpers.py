@@ -12,7 +12,7 @@ import time
 
 from conftest import Netmedic
 
-from netmedic import labnet
+from netmedic.lab import write_domain_xml, write_network_xml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEMA = os.path.join(ROOT, "docs", "diagnose.schema.json")
@@ -64,9 +64,9 @@ def build_natnet(topo, tmp_path, masquerade=True, dnsmasq=True) -> NatNet:
     doms, nets = tmp_path / "domains", tmp_path / "networks"
     doms.mkdir()
     nets.mkdir()
-    labnet.write_network_xml(str(nets), "nat1", "virbr1", forward_mode="nat", ip="203.0.113.1",
+    write_network_xml(str(nets), "nat1", "virbr1", forward_mode="nat", ip="203.0.113.1",
                              netmask="255.255.255.0")
-    labnet.write_domain_xml(str(doms), "natvm", [{"mac": "52:54:00:00:01:01", "network": "nat1",
+    write_domain_xml(str(doms), "natvm", [{"mac": "52:54:00:00:01:01", "network": "nat1",
                                                   "bridge": "virbr1", "tap": "vnet0"}])
     n = NatNet()
     n.topo, n.host, n.vm, n.out, n.nets = topo, host, vm, out, str(nets)

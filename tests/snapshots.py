@@ -216,3 +216,40 @@ def write(directory, filename: str, text) -> str:
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(text)
     return path
+
+
+def check_invariant(name: str, snap: Snapshot, **options) -> list:
+    """The registered invariant `name` checked on `snap` with its default options (overridden by `options`)."""
+    from netmedic.policies import INVARIANTS
+
+    inv = INVARIANTS[name]
+    opts = {k: o.default for k, o in inv.OPTIONS.items()}
+    opts.update(options)
+    return inv.check(snap, opts)
+
+
+def plan_remedy(violation, snap: Snapshot):
+    """(plan, why) of the healer the default policy binds to `violation`."""
+    from netmedic.healers import HEALERS
+    from netmedic.policies import healer_for
+
+    return HEALERS[healer_for(violation, {})].plan(violation, snap, {})
+
+
+def pyroute2_events(datagram: bytes) -> list:
+    """The reference: pyroute2's parse of the same bytes, reduced with the Listener's rules."""
+    from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+
+    out = []
+    for msg in MarshalRtnl().parse(datagram):
+        mtype = msg["header"]["type"]
+        if mtype in (28, 29) and msg["family"] == 7:  # RTM_NEWNEIGH/DELNEIGH, AF_BRIDGE
+            mac = msg.get_attr("NDA_LLADDR")
+            out.append(nl.Event("fdb", "new" if mtype == 28 else "del", msg["ifindex"], None,
+                                msg.get_attr("NDA_MASTER") or None, mac.lower() if mac else None))
+        elif mtype in (16, 17) and (msg["family"] == 0 or (msg["family"] == 7 and mtype == 16)):
+            mac = msg.get_attr("IFLA_ADDRESS")
+            out.append(nl.Event("link", "new" if mtype == 16 else "del", msg["index"],
+                                msg.get_attr("IFLA_IFNAME"), msg.get_attr("IFLA_MASTER") or None,
+                                mac.lower() if mac else None))
+    return out

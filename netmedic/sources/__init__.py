@@ -1,13 +1,36 @@
-"""Event sources that only say *what changed*: the daemon's D-Bus NetworkManager source (nm.py), the
-NetworkManager dispatcher script's and the udev rule's entry points (nm_dispatcher.py, udev.py, run by
-dispatcher/scripts/*). Each turns an event into a reconcile request of the affected bridges."""
+"""Event sources, one module per source; each only says *what changed* (a reconcile request of the
+affected bridges, through the daemon's dispatcher) and never heals by itself.
+
+In the daemon, each is an object with the source interface (netmedic.daemon: name, fileno() (or None),
+on_readable(daemon), poll(daemon, now) -> next wanted poll time or None, status() -> dict, close(),
+optionally extra_domains()):
+
+  eventsocket.py   EventSocket: the daemon's root-only event socket (hooks, dispatcher script, udev)
+  libvirt_api.py   LibvirtSource: libvirt's event API (lifecycle, DEVICE_ADDED/REMOVED)
+  nm.py            NMSource: NetworkManager over D-Bus
+  xmlwatch.py      XmlWatch: inotify on libvirt's run-state XML directories
+
+The kernel's link/fdb notifications are read by netmedic.nl.Listener, which the daemon drains itself
+(its hot path). Outside the daemon, programs that post to the event socket:
+
+  client.py        the event-socket client (post(); fallback_heal() when no daemon listens)
+  nm_dispatcher.py the NetworkManager dispatcher script's logic
+  udev.py          the udev RUN program's logic
+  scripts/         their entry scripts and the udev rule, installed by packaging/install-layout.sh:
+                   netmedic (-> /usr/lib/NetworkManager/dispatcher.d/90-netmedic), netmedic-udev,
+                   90-netmedic.rules
+
+The libvirt hooks (hooks/, their entry scripts in hooks/scripts/) post to the same socket.
+"""
 from __future__ import annotations
 
 import os
 from typing import Optional
 
-SCRIPTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dispatcher", "scripts")
-UDEV_DIR = os.path.join(os.path.dirname(SCRIPTS_DIR), "udev")
+from netmedic.settings import DEFAULT_SOCKET
+
+SCRIPTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts")
+UDEV_DIR = SCRIPTS_DIR  # the udev rule is beside its RUN program
 INSTALL_PATHS = {"netmedic": "/usr/lib/NetworkManager/dispatcher.d/90-netmedic",
                  "netmedic-udev": "/usr/lib/netmedic/netmedic-udev",
                  "90-netmedic.rules": "/usr/lib/udev/rules.d/90-netmedic.rules"}
@@ -39,14 +62,14 @@ def render_entry(path: str, python: str, env=None, pythonpath=None) -> str:
 
 
 def render_script(name: str, python: str, env=None, pythonpath=None) -> str:
-    """dispatcher/scripts/NAME rendered by render_entry()."""
+    """netmedic/sources/scripts/NAME rendered by render_entry()."""
     if name not in ("netmedic", "netmedic-udev"):
         raise ValueError(f"unknown script {name!r}")
     return render_entry(os.path.join(SCRIPTS_DIR, name), python, env, pythonpath)
 
 
 def render_udev_rule(program: str, socket: Optional[str] = None) -> str:
-    """dispatcher/udev/90-netmedic.rules with RUN+= pointing at `program` (an absolute path) and, with
+    """netmedic/sources/scripts/90-netmedic.rules with RUN+= pointing at `program` (an absolute path) and, with
     `socket`, the TEST for the daemon's socket pointing there."""
     for path in (program, socket):
         if path is not None and (not os.path.isabs(path) or '"' in path):
@@ -55,7 +78,7 @@ def render_udev_rule(program: str, socket: Optional[str] = None) -> str:
         text = fh.read()
     text = text.replace(INSTALL_PATHS["netmedic-udev"], program)
     if socket is not None:
-        text = text.replace('TEST=="/run/netmedic/netmedic.sock"', f'TEST=="{socket}"')
+        text = text.replace(f'TEST=="{DEFAULT_SOCKET}"', f'TEST=="{socket}"')
     return text
 
 

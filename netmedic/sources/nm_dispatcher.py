@@ -1,4 +1,4 @@
-"""The NetworkManager dispatcher script's logic (dispatcher/scripts/netmedic, installed as
+"""The NetworkManager dispatcher script's logic (netmedic/sources/scripts/netmedic, installed as
 /usr/lib/NetworkManager/dispatcher.d/90-netmedic).
 
 nm-dispatcher runs it as `90-netmedic IFACE ACTION` with NM_DISPATCHER_ACTION, DEVICE_IFACE,
@@ -7,10 +7,10 @@ later dispatcher event. So this does no work for actions that do not concern bri
 command, and never waits on the daemon for more than a fraction of a second:
 
   * up / down / pre-down / device-add of a bridge or of a bridge port, and connectivity-change: post
-    one event to the daemon's socket (netmedic.notify), which turns it into a reconcile of that
+    one event to the daemon's socket (netmedic.sources.client), which turns it into a reconcile of that
     bridge (a re-activated bridge has lost the VM taps NetworkManager does not manage);
   * when no daemon takes the event, on `up`/`device-add` (and connectivity-change): run that scoped
-    reconcile here (netmedic.notify.fallback_heal, bounded by NETMEDIC_DISPATCHER_TIMEOUT, default
+    reconcile here (netmedic.client.fallback_heal, bounded by NETMEDIC_DISPATCHER_TIMEOUT, default
     5 s), so that the fix never depends on the daemon. `down`/`pre-down` only notify: the bridge is
     going away, there is nothing to re-attach to yet.
 
@@ -72,14 +72,14 @@ def main(argv, environ=None) -> int:
         event = event_for(argv, environ)
         if event is None:
             return 0
-        from netmedic import notify
+        from netmedic.sources import client
 
-        if notify.post(event, timeout=float(environ.get("NETMEDIC_NOTIFY_TIMEOUT") or 0.2)):
+        if client.post(event, timeout=float(environ.get("NETMEDIC_NOTIFY_TIMEOUT") or 0.2)):
             return 0
         if event["action"] not in HEAL_ACTIONS:
             return 0
         trigger = f"nm-dispatcher {event['action']} {event.get('interface', '')}".strip()
-        notify.fallback_heal(event.get("bridges"), trigger, environ,
+        client.fallback_heal(event.get("bridges"), trigger, environ,
                              timeout=float(environ.get("NETMEDIC_DISPATCHER_TIMEOUT") or 5))
     except Exception:
         pass

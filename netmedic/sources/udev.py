@@ -1,4 +1,4 @@
-"""The udev RUN program's logic (dispatcher/scripts/netmedic-udev, run by dispatcher/udev/90-netmedic.rules
+"""The udev RUN program's logic (netmedic/sources/scripts/netmedic-udev, run by netmedic/sources/scripts/90-netmedic.rules
 for `net` add/remove). udev kills long RUN programs and gives them only ACTION, INTERFACE, IFINDEX,
 DEVPATH, ... and no PATH: this posts one event to the daemon's socket and returns at once. It does
 no work itself (udevd would kill it, and with systemd even a detached child): without a running
@@ -28,9 +28,9 @@ def main(argv, environ=None) -> int:
     try:
         event = event_for(environ)
         if event is not None:
-            from netmedic import notify
+            from netmedic.sources import client
 
-            notify.post(event, timeout=float(environ.get("NETMEDIC_NOTIFY_TIMEOUT") or 0.2))
+            client.post(event, timeout=float(environ.get("NETMEDIC_NOTIFY_TIMEOUT") or 0.2))
     except Exception:
         pass
     return 0
