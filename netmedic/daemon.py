@@ -294,7 +294,7 @@ class Daemon:
                 "dry_run": self.engine.dry_run, "policy": getattr(self.engine.policy, "source", None),
                 "resync_interval": self.resync_interval, "sources": sources, "health": self.health(),
                 "remedies": {name: {k: c.get(k) for k in ("remedy", "chosen", "why")}
-                             for name, c in sorted(self.engine.choices.items())},
+                             for name, c in sorted((getattr(self.engine, "choices", None) or {}).items())},
                 "last_events": list(self.last_events), "last_heals": list(self.last_heals),
                 "metrics": self.metrics.summary()}  # [metrics]
 
