@@ -252,3 +252,25 @@ def test_pin_and_guard_holds_both_and_releases_both(quiet):
     assert sorted(r["kind"] for r in report["released"]) == ["fdb_pin", "reflection_guard"]
     assert not is_sticky_pin(fdb_entry(topo, lab.host, lab.bridge, lab.vm_mac), lab.tap)
     assert "netmedic" not in bridge_tables(topo, lab.host) and lab.nm.records() == {}
+
+
+def test_the_daemon_puts_the_guard_back_at_once_after_a_flush(quiet):
+    """A firewall reload (`nft flush ruleset` by another process, in the test's namespace) is an nf_tables
+    transaction: the daemon's nf_tables source asks for a pass and the guard is back within a second."""
+    lab, topo = quiet, quiet.topo
+    lab.nm.set_policy(GUARD)
+    daemon = lab.nm.daemon("--resync", "3600")
+    try:
+        t0 = time.monotonic()
+        while (guard_table(topo, lab.host) or {}).get("sets", {}).get("vms_br0") != [lab.vm_mac]:
+            assert time.monotonic() - t0 < 10, "the daemon's startup did not guard the VM"
+            time.sleep(0.05)
+        topo.run(lab.host, "nft", "flush", "ruleset")
+        t0 = time.monotonic()
+        while (guard_table(topo, lab.host) or {}).get("sets", {}).get("vms_br0") != [lab.vm_mac]:
+            assert time.monotonic() - t0 < 1.0, "the guard was not put back within 1 s of the flush"
+            time.sleep(0.02)
+    finally:
+        daemon.terminate()
+        daemon.wait(10)
+    assert any(r["kind"] == "unguarded" and "nftables" in r["trigger"] for r in lab.nm.audit("healed"))
