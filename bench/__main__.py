@@ -52,13 +52,22 @@ def bench_policy(path: str, workdir: str) -> str:
     subjects many times a minute on purpose (the bounds are not what is measured)."""
     with open(os.path.join(ROOT, "policies", "default.yaml")) as fh:
         data = yaml.safe_load(fh)
-    data["limits"]["rate"] = {"actions": 100000, "window": 60}
+    data["limits"]["rate"] = {"actions": 10000, "window": 60}  # the highest values the policy accepts
     data["limits"]["global_rate"] = {"actions": 100000, "window": 60}
-    data["limits"]["breaker"] = {"trips": 100000, "window": 600, "cooldown": 1}
+    data["limits"]["breaker"] = {"trips": 1000, "window": 600, "cooldown": 1}
     data["kill_switch_file"] = os.path.join(workdir, "kill-switch")
     data["metrics"] = {"listen": METRICS_LISTEN}  # on each namespace's own loopback
+    return write_policy(path, data)
+
+
+def write_policy(path: str, data: dict) -> str:
+    """Write a policy and load it as the daemon will: a value out of range fails the run here, instead of
+    the daemon falling back to the shipped default and the figure measuring something else."""
+    from netmedic.policies import config
+
     with open(path, "w") as fh:
         yaml.safe_dump(data, fh)
+    config.load(path)
     return path
 
 
@@ -310,9 +319,7 @@ def fig_guard(topo, h, sc, workdir, policy) -> dict:
     with open(policy) as fh:
         data = yaml.safe_load(fh)
     data["invariants"]["fdb_ownership"]["remedy"] = "guard"
-    gpolicy = os.path.join(workdir, "policy-guard.yaml")
-    with open(gpolicy, "w") as fh:
-        yaml.safe_dump(data, fh)
+    gpolicy = write_policy(os.path.join(workdir, "policy-guard.yaml"), data)
     gbr = "gbr"
     hostmod._batch(topo, "ip", h.ns, [f"link add name {gbr} type bridge stp_state 0 forward_delay 0",
                                       f"link set {gbr} up"], os.path.join(workdir, "gbr.batch"))
