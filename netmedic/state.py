@@ -47,7 +47,8 @@ class State:
         self.guard: dict = {}
         self.kernel: dict = {}
         self._sig: Optional[tuple] = None  # the file's identity when this object last read or wrote it ...
-        self._pristine: Optional[dict] = None  # ... and its data then (a copy of its own)
+        self._pristine: Optional[dict] = None  # ... and its data then (a copy of its own) ...
+        self._pristine_text: Optional[str] = None  # ... or its text, parsed when first needed
         self._loaded: Optional[str] = None  # what _load() read, serialized as _save() would write it
         # Called with (event, **fields) for what the admin must hear of (a malformed file moved aside, the
         # state that cannot be written): the CLI and the daemon route it to the audit.
@@ -87,6 +88,9 @@ class State:
     def _unchanged(self) -> bool:
         """Is what this object holds the file as it last read or wrote it (no other writer since, nothing
         changed in memory)?"""
+        if self._pristine is None and self._pristine_text is not None:
+            self._pristine = json.loads(self._pristine_text)  # after a save: not on the way to the host change
+        self._pristine_text = None
         return self._unsaved is None and self._pristine is not None and self._data() == self._pristine
 
     def _move_aside(self, why: str) -> None:
@@ -104,7 +108,7 @@ class State:
         if sig is not None and sig == self._sig and self._unchanged():
             self._base = dict(self.records)
             return
-        self._sig = self._pristine = None
+        self._sig = self._pristine = self._pristine_text = None
         text = None
         try:
             with open(self.path, encoding="utf-8") as fh:
@@ -169,7 +173,7 @@ class State:
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)
         except OSError as exc:
-            self._sig = self._pristine = None
+            self._sig = self._pristine = self._pristine_text = None
             # Full disk, read-only file system: the change on the host is made and stays made; its
             # record stays in this process (written at the next save that works); no temp file left.
             with contextlib.suppress(OSError):
@@ -185,7 +189,7 @@ class State:
             self._unsaved = {"records": json.loads(json.dumps(changes)), "guard": json.loads(json.dumps(self.guard))}
             return
         self._loaded = text
-        self._sig, self._pristine = self._signature(), json.loads(text)
+        self._sig, self._pristine, self._pristine_text = self._signature(), None, text
         if self.save_error is not None:
             self._say("state_recovered", was=self.save_error)
         self.save_error = self._unsaved = None
