@@ -47,8 +47,7 @@ class State:
         self.guard: dict = {}
         self.kernel: dict = {}
         self._sig: Optional[tuple] = None  # the file's identity when this object last read or wrote it ...
-        self._pristine: Optional[dict] = None  # ... and its data then (a copy of its own) ...
-        self._pristine_text: Optional[str] = None  # ... or its text, parsed when first needed
+        self._pristine: Optional[dict] = None  # ... and its data then (a copy of its own)
         self._loaded: Optional[str] = None  # what _load() read, serialized as _save() would write it
         # Called with (event, **fields) for what the admin must hear of (a malformed file moved aside, the
         # state that cannot be written): the CLI and the daemon route it to the audit.
@@ -76,7 +75,17 @@ class State:
         return data
 
     def _serialize(self) -> str:
-        return json.dumps(self._data(), sort_keys=True, separators=(",", ":"))
+        return json.dumps(self._data(), separators=(",", ":"))
+
+    def _copy(self) -> dict:
+        """A copy of _data() that later changes in memory do not reach: records are replaced, never changed
+        in place (a copy of each is plenty); the bounds' entries have lists that grow in place."""
+        data = {"version": 1, "records": {k: dict(r) for k, r in self.records.items()},
+                "guard": {k: {f: list(v) if isinstance(v, list) else v for f, v in g.items()}
+                          for k, g in self.guard.items()}}
+        if self.kernel:
+            data["kernel"] = json.loads(json.dumps(self.kernel))
+        return data
 
     def _signature(self) -> Optional[tuple]:
         try:
@@ -88,9 +97,6 @@ class State:
     def _unchanged(self) -> bool:
         """Is what this object holds the file as it last read or wrote it (no other writer since, nothing
         changed in memory)?"""
-        if self._pristine is None and self._pristine_text is not None:
-            self._pristine = json.loads(self._pristine_text)  # after a save: not on the way to the host change
-        self._pristine_text = None
         return self._unsaved is None and self._pristine is not None and self._data() == self._pristine
 
     def _move_aside(self, why: str) -> None:
@@ -108,7 +114,7 @@ class State:
         if sig is not None and sig == self._sig and self._unchanged():
             self._base = dict(self.records)
             return
-        self._sig = self._pristine = self._pristine_text = None
+        self._sig = self._pristine = None
         text = None
         try:
             with open(self.path, encoding="utf-8") as fh:
@@ -146,7 +152,7 @@ class State:
             self._loaded = None  # write the valid part back
         elif data:
             self._loaded = self._serialize()
-            self._sig, self._pristine = sig, json.loads(text)
+            self._sig, self._pristine = sig, self._copy()
         else:
             self._loaded = None
         if self._unsaved is not None:  # the last save failed: lay this process's changes over the file
@@ -173,7 +179,7 @@ class State:
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)
         except OSError as exc:
-            self._sig = self._pristine = self._pristine_text = None
+            self._sig = self._pristine = None
             # Full disk, read-only file system: the change on the host is made and stays made; its
             # record stays in this process (written at the next save that works); no temp file left.
             with contextlib.suppress(OSError):
@@ -189,7 +195,7 @@ class State:
             self._unsaved = {"records": json.loads(json.dumps(changes)), "guard": json.loads(json.dumps(self.guard))}
             return
         self._loaded = text
-        self._sig, self._pristine, self._pristine_text = self._signature(), None, text
+        self._sig, self._pristine = self._signature(), self._copy()
         if self.save_error is not None:
             self._say("state_recovered", was=self.save_error)
         self.save_error = self._unsaved = None
