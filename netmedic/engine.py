@@ -95,8 +95,7 @@ class Engine:
         return {n for name, inv in INVARIANTS.items() if self.policy.invariants[name].enabled for n in inv.NEEDS}
 
     def observe(self, bridges: Optional[Iterable[str]] = None, firewall: bool = True,
-                domains: Optional[dict] = None, needs: Optional[set] = None, pending: tuple = ()) -> Snapshot:
-        """`pending`: records of a plan being verified, observed as if already kept."""
+                domains: Optional[dict] = None, needs: Optional[set] = None) -> Snapshot:
         inv = self.inventory if self.inventory is not None else self.load_inventory()
         needs = self.needs() if needs is None else needs
         only = set(bridges) if bridges is not None else None
@@ -107,13 +106,10 @@ class Engine:
             healer = for_record({"kind": kind})
             if healer is not None:
                 release_needs |= set(healer.NEEDS)
-        records = {**self.state.records, **{r["key"]: r for r in pending}} if pending else self.state.records
-        snap = observe(self.ops.nl, inv, records, bridges=bridges, in_scope=self.policy.in_scope,
+        snap = observe(self.ops.nl, inv, self.state.records, bridges=bridges, in_scope=self.policy.in_scope,
                        firewall=firewall and "firewall" in needs, needs=needs | (release_needs - {"firewall"}),
                        domains=domains, firewall_always=firewall and "firewall" in release_needs and not domains,
                        kernel=self.state.kernel)
-        if pending:
-            snap.records = dict(self.state.records)
         self._learned(snap)
         return snap
 
@@ -277,7 +273,7 @@ class Engine:
             self._audit("failed", **fields, result="superseded", reason=why, duration_ms=ms)
             return Outcome(v, "superseded", why, plan, duration_ms=ms)
         _fault("after_apply")
-        verified, after = self._verify(healer, v, ipol, plan)
+        verified, after = self._verify(healer, v, ipol)
         _fault("after_verify")
         ms = _ms(t0)
         if verified:
@@ -339,7 +335,7 @@ class Engine:
             return True
         return v.key in {x.key for x in INVARIANTS[v.invariant].check(snap, ipol.options)}
 
-    def _verify(self, healer, v: Violation, ipol, plan: Plan):
+    def _verify(self, healer, v: Violation, ipol):
         """Observe again (only the subject's bridge), with bounded retries."""
         bridges = [v.subject.bridge] if v.subject.bridge else None
         after: dict = {}
@@ -347,8 +343,7 @@ class Engine:
             if attempt:
                 self.sleep(ipol.limits.verify_interval)
             try:
-                snap = self.observe(bridges, domains=_narrow_to(v), needs=set(INVARIANTS[v.invariant].NEEDS),
-                                    pending=plan.records)
+                snap = self.observe(bridges, domains=_narrow_to(v), needs=set(INVARIANTS[v.invariant].NEEDS))
             except NetmedicError:
                 continue
             after = healer.after(snap, v)
