@@ -28,6 +28,7 @@ class BridgeNetfilter(Invariant):
         "remedy": Option("accept-rule", "accept-rule: insert `-i BR -o BR -j ACCEPT` at the top of FORWARD "
                          "in the backend that drops", choices=("accept-rule",)),
     }
+    HOP = "l3"  # netmedic diagnose shows its violations on this hop
     REMEDIES = {"bridged_traffic_dropped": "netfilter_accept"}
     NEEDS = frozenset({"firewall"})
 

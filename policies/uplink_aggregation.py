@@ -37,6 +37,7 @@ class UplinkAggregation(Invariant):
     DEFAULT_ENABLED = True
     DEFAULT_MODE = "observe"  # never reconfigures: a finding only
     OPTIONS = {}
+    HOP = "uplink"  # netmedic diagnose shows its violations on this hop
     REMEDIES = {"multi_path_bond": None}
 
     def check(self, snapshot, options) -> list:
