@@ -271,8 +271,8 @@ def _direct_nic(domain, uuid, mac, itype, iface, actual, network, dev, path, fie
         addr = src.find("address") if src is not None else None
         if addr is not None and addr.get("type", "pci") == "pci":
             try:
-                pci = "%04x:%02x:%02x.%x" % tuple(int(addr.get(k, "0"), 0) for k in ("domain", "bus", "slot",
-                                                                                     "function"))
+                d, b, sl, f = (int(addr.get(k, "0"), 0) for k in ("domain", "bus", "slot", "function"))
+                pci = f"{d:04x}:{b:02x}:{sl:02x}.{f:x}"
             except ValueError:
                 raise InventoryError("not a valid PCI address", source=path, field=f"{field}/source/address",
                                      line=line) from None

@@ -3,12 +3,14 @@ created. The first troubleshooting guide's first question ("does the guest send 
 when it has not, the cause is inside the guest (no driver for its NIC model — e.g. virtio without the
 driver —, its link down, no network configuration), not on the host's path. Observe only.
 
-Reads the counters of the taps whose guest MAC the bridge has not learned (a guest that sent a frame
+Judged once the bridge has delivered `min_delivered` frames (broadcasts of the LAN, ARP) to the guest
+without one coming back. Reads the counters of the taps whose guest MAC the bridge has not learned (a guest that sent a frame
 is in the fdb): the `counters` fact, cheap in the steady state."""
 from __future__ import annotations
 
 from netmedic.model import Subject, Violation
 from netmedic.plugin import Invariant
+from netmedic.policies.config import Option
 
 FIX = ("look inside the guest: its NIC driver (the model, e.g. virtio, needs the guest's driver), its link "
        "state (`ip link` in the guest), its network configuration (DHCP client running?)")
@@ -19,7 +21,10 @@ class GuestSilent(Invariant):
     DESCRIPTION = "a running VM has sent at least one frame through its tap (report only)"
     DEFAULT_ENABLED = True
     DEFAULT_MODE = "observe"
-    OPTIONS = {}
+    OPTIONS = {
+        "min_delivered": Option(50, "judge a tap only once the bridge has delivered at least this many frames to "
+                                "the guest (a VM that just started has had no reason to talk yet)", type=int),
+    }
     HOP = "tap"  # netmedic diagnose shows its violations on this hop
     REMEDIES = {"guest_silent": None}
     NEEDS = frozenset({"counters"})
@@ -30,7 +35,8 @@ class GuestSilent(Invariant):
         for nic in snapshot.nics():
             c = (snapshot.counters or {}).get(nic.tap)
             tap = snapshot.link(nic.tap)
-            if c is None or tap is None or not (tap.up and tap.carrier) or c.rx_packets:
+            if c is None or tap is None or not (tap.up and tap.carrier) or c.rx_packets \
+                    or c.tx_packets < options.get("min_delivered", 50):
                 continue
             out.append(Violation(
                 self.NAME, "guest_silent", Subject(bridge=nic.bridge, port=nic.tap, domain=nic.domain, mac=nic.mac),
