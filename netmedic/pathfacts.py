@@ -139,13 +139,15 @@ def direct_links(netlink) -> dict:
         if kind not in ("macvlan", "macvtap"):
             continue
         data = info.get_attr("IFLA_INFO_DATA")
-        mode = data.get_attr("IFLA_MACVLAN_MODE") if data is not None and hasattr(data, "get_attr") else None
+        mode = None
+        if data is not None and hasattr(data, "get_attr"):
+            mode = data.get_attr("IFLA_MACVLAN_MODE") if kind == "macvlan" else data.get_attr("IFLA_MACVTAP_MODE")
         parent = by_index.get(m.get_attr("IFLA_LINK"))
         pflags = int(parent["flags"]) if parent is not None else 0
         flags = int(m["flags"])
         out[m.get_attr("IFLA_IFNAME")] = DirectLink(
             name=m.get_attr("IFLA_IFNAME"), index=int(m["index"]), kind=kind,
-            mode=MACVLAN_MODES.get(mode, str(mode) if mode is not None else None),
+            mode=mode if isinstance(mode, str) else MACVLAN_MODES.get(mode, str(mode) if mode is not None else None),
             parent=parent.get_attr("IFLA_IFNAME") if parent is not None else None,
             parent_up=bool(pflags & 0x1), parent_carrier=bool(pflags & 0x10000), up=bool(flags & 0x1),
             carrier=bool(flags & 0x10000), addresses=tuple(addrs.get(int(m["index"]), ())))
