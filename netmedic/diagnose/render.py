@@ -1,7 +1,6 @@
 """diagnose's human output (the JSON is the report itself: docs/diagnose.schema.json)."""
 from __future__ import annotations
 
-
 QUIET = ("agent_note", "events")  # in the JSON; too variable (or long) for the text
 
 
