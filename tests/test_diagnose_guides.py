@@ -323,3 +323,34 @@ def test_check_and_diagnose_name_the_same_cause(fault, topo, tmp_path, request):
     assert mine <= shown, f"check reports {mine - shown} that diagnose does not show"
     first_check = [v for v in check["violations"] if v["severity"] == "broken"]
     assert first_check, "check names no broken cause"
+
+
+def test_the_daemon_tells_diagnose_how_often_the_mac_moved(seed, tmp_path):
+    """The founding case after the fact: the daemon (observe mode: it pins nothing) keeps a ring of the
+    fdb moves it saw per MAC; diagnose asks it through its socket and shows them on hop 4."""
+    import shutil
+    import tempfile
+
+    lab = seed
+    rundir = tempfile.mkdtemp(prefix="nmd", dir="/tmp")  # a short path: a Unix socket's is at most 107 bytes
+    try:
+        sock = os.path.join(rundir, "netmedic.sock")
+        daemon = lab.nm.daemon("--socket", sock, "--libvirt-uri", "none", "--no-dbus", "--resync", "3600",
+                               "--mode", "observe")
+        deadline = time.monotonic() + 20
+        while not os.path.exists(sock) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert os.path.exists(sock), "the daemon did not start"
+        for _ in range(3):  # tap -> uplink (reflected broadcast) -> tap (the VM talks) ...
+            lab.poison()
+            lab.topo.ping(lab.vm, lab.gw_ip, count=1, timeout=0.2)
+        time.sleep(0.5)
+        report = diagnose_json(lab.nm, lab.domain, "--leases-dir", str(tmp_path), "--socket", sock)
+        moves = hop(report, 4)["evidence"]["daemon_moves"]
+        assert moves["known"] is True and moves["moves_total"] >= 3 and moves["moves_last_60s"] >= 3, moves
+        assert {m["to"] for m in moves["recent"]} >= {lab.uplink}
+        assert f"the daemon saw it move {moves['moves_last_60s']} time(s) in the last minute" in hop(report, 4)["summary"]
+        daemon.terminate()
+        daemon.wait(10)
+    finally:
+        shutil.rmtree(rundir, ignore_errors=True)

@@ -202,10 +202,10 @@ def hop_fdb(c: Ctx, hop: Hop, moves: Optional[dict]) -> None:
                                        "local": entry.local}, "expected_port": tap.name})
         pinned = ", pinned static sticky" if entry.sticky and entry.static else ""
         hop.set("ok", f"{n.mac} is on {'its tap ' + tap.name if where == tap.name else where}{pinned}")
+    c.apply(hop)
     if moves and moves.get("moves_last_60s"):
         hop.summary += (f"; the daemon saw it move {moves['moves_last_60s']} time(s) in the last minute "
                         f"({moves['moves_total']} since it started)")
-    c.apply(hop)
     if hop.verdict == "broken":
         hop.fix = (hop.fix or "") + "; the cause is behind the port that taught it (hop 6)"
 
