@@ -354,3 +354,50 @@ def test_the_daemon_tells_diagnose_how_often_the_mac_moved(seed, tmp_path):
         daemon.wait(10)
     finally:
         shutil.rmtree(rundir, ignore_errors=True)
+
+
+def _nat_guest(topo, tmp_path, dhcp_range: bool):
+    """A libvirt NAT network (diagnose_helpers.build_natnet) whose dnsmasq serves DHCP on virbr1 or (no
+    range) only runs; its pid file beside the network's run-state XML, as libvirt keeps it."""
+    from diagnose_helpers import build_natnet
+
+    n = build_natnet(topo, tmp_path, dnsmasq=False)
+    n.leases = str(tmp_path / "nat1.leases")
+    extra = ["--dhcp-range=203.0.113.50,203.0.113.99,255.255.255.0,1h", f"--dhcp-leasefile={n.leases}",
+             "--dhcp-authoritative"] if dhcp_range else []
+    proc = topo.spawn(n.host, "/usr/sbin/dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--port=0",
+                      "--bind-interfaces", "--interface=virbr1", "--except-interface=lo", "--user=root", "--pid-file=",
+                      *extra, stdout=open(os.devnull, "w"), stderr=open(os.devnull, "w"))
+    time.sleep(0.3)
+    with open(os.path.join(n.nets, "nat1.pid"), "w") as fh:
+        fh.write(f"{proc.pid}\n")
+    return n
+
+
+def test_dhcp_on_a_nat_network_answered_by_its_dnsmasq(topo, tmp_path):
+    n = _nat_guest(topo, tmp_path, dhcp_range=True)
+    client = start_udhcpc(n)
+    report = diagnose_json(n.nm, "natvm", "--leases-dir", str(tmp_path), "--probe", "--probe-seconds", "0.5",
+                           "--dhcp-seconds", "15", expect=(0,))
+    h = hop(report, 10)
+    assert h["verdict"] == "ok" and "lease obtained" in h["summary"], h
+    dns = h["evidence"]["dnsmasq"]
+    assert dns["alive"] and dns["same_netns"] and dns["listening_udp_67"] is True
+    assert {"OFFER out", "ACK out"} <= set(h["evidence"]["seen"]["vnet0"])
+    client.wait(30)
+    with open(n.leases) as fh:
+        assert "52:54:00:00:01:01" in fh.read()
+
+
+def test_dhcp_on_a_nat_network_whose_dnsmasq_does_not_serve_dhcp(topo, tmp_path):
+    """dnsmasq runs (hop 7 is fine) but holds no DHCP socket: the guest's DISCOVER reaches the host and no
+    OFFER comes back — hop 10 names the network's dnsmasq."""
+    n = _nat_guest(topo, tmp_path, dhcp_range=False)
+    start_udhcpc(n)
+    report = diagnose_json(n.nm, "natvm", "--leases-dir", str(tmp_path), "--probe", "--probe-seconds", "0.5",
+                           "--dhcp-seconds", "6", expect=(1,))
+    assert first_broken(report) == 10, report["headline"]
+    assert hop(report, 7)["verdict"] == "ok"
+    assert "network nat1's dnsmasq is the server and it holds no DHCP socket (UDP 67)" in \
+        report["first_broken"]["summary"]
+    assert hop(report, 10)["evidence"]["dnsmasq"]["listening_udp_67"] is False
