@@ -253,8 +253,8 @@ def _extras(netlink, inventory: Inventory, links: dict, bridges_with_vms: set, n
         out["dnsmasq"] = {n.name: hostfacts.read_dnsmasq(n.name, os.path.dirname(n.source_file))
                           for n in nat if n.ips and n.source_file}
     if "counters" in needs:  # only taps whose guest's MAC the bridge has not learned: a guest that talks is known
-        quiet = [n.tap for n in inventory.nics if n.tap in links and (n.bridge, n.mac) in (fdb or {})
-                 and (fdb or {})[(n.bridge, n.mac)] is None]
+        quiet = [(n.tap, links[n.tap].index) for n in inventory.nics if n.tap in links
+                 and (n.bridge, n.mac) in (fdb or {}) and (fdb or {})[(n.bridge, n.mac)] is None]
         out["counters"] = pathfacts.counters(netlink, quiet) if quiet else {}
     if "routes" in needs:  # only the VMs of bridges (or NAT networks) where the host has an address
         addrs = out.get("addresses") if out.get("addresses") is not None else netlink.addresses()

@@ -77,7 +77,8 @@ def violations(snap, policy) -> list:
 
 
 def _counters(netlink, tap: Optional[str]) -> Optional[dict]:
-    c = pathfacts.counters(netlink, [tap]).get(tap) if tap else None
+    link = netlink.link(tap) if tap else None
+    c = pathfacts.counters(netlink, [(tap, link.index)]).get(tap) if link is not None else None
     return None if c is None else {"from_guest": c.rx_packets, "to_guest": c.tx_packets, "t": time.monotonic()}
 
 
