@@ -401,3 +401,20 @@ def test_dhcp_on_a_nat_network_whose_dnsmasq_does_not_serve_dhcp(topo, tmp_path)
     assert "network nat1's dnsmasq is the server and it holds no DHCP socket (UDP 67)" in \
         report["first_broken"]["summary"]
     assert hop(report, 10)["evidence"]["dnsmasq"]["listening_udp_67"] is False
+
+
+def test_ipv6_neighbours_are_among_the_vm_addresses(topo, tmp_path):
+    """The third guide: the host's IPv6 neighbour table (netlink) names the guest's IPv6 addresses too."""
+    from diagnose_helpers import build_natnet
+
+    n = build_natnet(topo, tmp_path, dnsmasq=False)
+    time.sleep(2.5)  # IPv6 duplicate address detection of the link-local addresses
+    # An ICMPv6 echo to all nodes from the guest: the host answers and learns the guest's link-local address.
+    topo.run(n.vm, sys.executable, "-c", "import socket, time; s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, "
+             "socket.IPPROTO_ICMPV6); s.sendto(b'\\x80\\0\\0\\0\\0\\1\\0\\1', ('ff02::1', 0, 0, "
+             "socket.if_nametoindex('eth0'))); time.sleep(0.5)")
+    topo.ping(n.vm, "203.0.113.1", count=1, timeout=1.0)
+    report = diagnose_json(n.nm, "natvm", "--leases-dir", str(tmp_path))
+    ip = hop(report, 8)
+    assert ip["evidence"]["address"] == "203.0.113.10" and "fe80::5054:ff:fe00:101" in ip["evidence"]["ipv6"], ip
+    assert "IPv6: fe80::5054:ff:fe00:101" in ip["summary"]
