@@ -418,3 +418,26 @@ def test_ipv6_neighbours_are_among_the_vm_addresses(topo, tmp_path):
     ip = hop(report, 8)
     assert ip["evidence"]["address"] == "203.0.113.10" and "fe80::5054:ff:fe00:101" in ip["evidence"]["ipv6"], ip
     assert "IPv6: fe80::5054:ff:fe00:101" in ip["summary"]
+
+
+def test_a_hostdev_nic_is_walked_on_its_own_path(topo, tmp_path):
+    """An SR-IOV VF passed through (type='hostdev'): no tap, no bridge; diagnose names the PCI function and
+    says what it cannot see (no VF here: the function is not on this host's bus)."""
+    host = topo.netns("host", ipv6=False)
+    doms, nets = tmp_path / "domains", tmp_path / "networks"
+    doms.mkdir()
+    nets.mkdir()
+    (doms / "vfvm.xml").write_text(f"""<domstatus state='running' reason='booted' pid='{os.getpid()}'>
+  <domain type='kvm' id='8'><name>vfvm</name><uuid>4d2c5a0e-2f0b-4c43-9a34-9d5f6f3c0a02</uuid><devices>
+    <interface type='hostdev' managed='yes'><mac address='{VM_MAC}'/>
+      <source><address type='pci' domain='0x0000' bus='0xfe' slot='0x1f' function='0x7'/></source>
+    </interface>
+  </devices></domain>
+</domstatus>
+""")
+    nm = Netmedic(topo, host, tmp_path, str(doms), str(nets))
+    report = diagnose_json(nm, "vfvm", "--leases-dir", str(tmp_path), expect=(0,))
+    assert report["path"] == "direct" and report["nic"]["kind"] == "hostdev" and report["nic"]["pci"] == "0000:fe:1f.7"
+    assert hop(report, 2)["verdict"] == "unknown" and "not on this host's PCI bus" in hop(report, 2)["summary"]
+    assert hop(report, 3)["verdict"] == "unknown" and "embedded switch" in hop(report, 3)["summary"]
+    assert report["nic"]["tap"] is None and nm.check_json()["violations"] == []
