@@ -138,7 +138,7 @@ def diagnose(domain: str, nic: Optional[str] = None, domain_dir: Optional[str] =
     finally:
         if own:
             netlink.close()
-    return _report(dom, chosen, bridged, hops, vm_ip, probe, inv)
+    return _report(dom, chosen, bridged, hops, vm_ip, probe and bridged, inv)
 
 
 def _recent(before: Optional[dict], after: Optional[dict]) -> Optional[dict]:
