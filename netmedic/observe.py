@@ -78,6 +78,15 @@ class Snapshot:
             self._nics = [n for n in self.inventory.nics if n.bridge and self.covers(n.bridge, n.domain)]
         return self._nics
 
+    def uplinks(self, bridge: Optional[str]) -> list:
+        """The ports of `bridge` that are not VM taps (the uplink bond/NIC/veth), by name."""
+        br = self.bridge(bridge)
+        if br is None:
+            return []
+        taps = {n.tap for n in self.inventory.nics if n.tap}
+        return sorted((lk for lk in self.links.values() if lk.master == br.index and lk.name not in taps),
+                      key=lambda lk: lk.name)
+
     def sysctl(self, *parts: str) -> Optional[str]:
         return self.sysctls.get(ops.sysctl_key(*parts))
 

@@ -110,12 +110,7 @@ class Ctx:
 
 def uplinks(snap, bridge: Optional[str]) -> list:
     """The bridge's ports that are not VM taps."""
-    br = snap.bridge(bridge)
-    if br is None:
-        return []
-    taps = {n.tap for n in snap.inventory.nics if n.tap}
-    return sorted((lk for lk in snap.links.values() if lk.master == br.index and lk.name not in taps),
-                  key=lambda lk: lk.name)
+    return snap.uplinks(bridge)
 
 
 # --- the hops ---------------------------------------------------------------------------------------
