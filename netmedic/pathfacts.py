@@ -8,6 +8,7 @@ observe() reads them into the Snapshot only when an invariant NEEDS them ("count
 from __future__ import annotations
 
 import ipaddress
+import socket
 from typing import Iterable, Optional
 
 from netmedic import hostfacts
@@ -93,8 +94,14 @@ def neighbours(netlink, macs: Optional[set] = None, names: Optional[dict] = None
     names = {} if names is None else names
     if _ipr(netlink) is None:
         return out
+    msgs, seen = [], set()
     try:
-        msgs = netlink.ipr.neigh("dump")
+        for family in (socket.AF_INET, socket.AF_INET6):  # pyroute2 0.7 dumps only IPv4 unless asked
+            for msg in netlink.ipr.neigh("dump", family=family):
+                key = (msg["family"], msg.get_attr("NDA_DST"), msg["ifindex"])
+                if key not in seen:
+                    seen.add(key)
+                    msgs.append(msg)
     except _errors():
         return out
     for msg in msgs:
