@@ -44,6 +44,9 @@ class Snapshot:
     dnsmasq: Optional[dict] = None  # 'dnsmasq': network name -> hostfacts.Dnsmasq
     firewall: Optional[object] = None  # 'firewall': facts.Firewall (nf_tables chains, read when it changed)
     sightings: Optional[dict] = None  # (bridge, mac) -> frames seen on the uplink (diagnose --probe)
+    counters: Optional[dict] = None  # 'counters': tap name -> facts.Counters (taps whose VM MAC is not in the fdb)
+    routes: Optional[dict] = None  # 'routes': (bridge, mac) -> tuple of facts.RouteLookup (the VM's known addresses)
+    direct: Optional[dict] = None  # 'direct': name -> facts.DirectLink (macvlan/macvtap links)
 
     def __post_init__(self):
         self.by_index = {link.index: link for link in self.links.values()}
@@ -82,6 +85,15 @@ class Snapshot:
             self._nics = [n for n in self.inventory.nics if n.bridge and self.covers(n.bridge, n.domain)]
         return self._nics
 
+    def uplinks(self, bridge: Optional[str]) -> list:
+        """The ports of `bridge` that are not VM taps (the uplink bond/NIC/veth), by name."""
+        br = self.bridge(bridge)
+        if br is None:
+            return []
+        taps = {n.tap for n in self.inventory.nics if n.tap}
+        return sorted((lk for lk in self.links.values() if lk.master == br.index and lk.name not in taps),
+                      key=lambda lk: lk.name)
+
     def sysctl(self, *parts: str) -> Optional[str]:
         return self.sysctls.get(ops.sysctl_key(*parts))
 
@@ -113,7 +125,8 @@ class Snapshot:
 
 def observe(netlink, inventory: Inventory, records: Optional[dict] = None,
             bridges: Optional[Iterable[str]] = None, in_scope=None, firewall: bool = True,
-            needs: Iterable[str] = (), domains: Optional[dict] = None, firewall_always: bool = False) -> Snapshot:
+            needs: Iterable[str] = (), domains: Optional[dict] = None, firewall_always: bool = False,
+            leases_dir: Optional[str] = None) -> Snapshot:
     """One fresh observation. `bridges` limits it (links, fdb lookups, what invariants look at) to those
     bridges; `domains` (bridge -> domain names) narrows some of them to those VMs; `in_scope(bridge,
     domain)` filters the VM NICs looked up. `needs`: the optional facts to read as well ('addresses',
@@ -196,7 +209,7 @@ def observe(netlink, inventory: Inventory, records: Optional[dict] = None,
                     firewall=fw,
                     records=dict(records or {}), bridges_observed=only, domains_observed=narrow,
                     links_complete=only is None,
-                    **_extras(netlink, inventory, links, bridges_with_vms, set(needs)))
+                    **_extras(netlink, inventory, links, bridges_with_vms, set(needs), fdb, leases_dir))
 
 
 def _add(links: dict, link) -> None:
@@ -243,9 +256,10 @@ def _scoped_links(netlink, inventory: Inventory, only: frozenset, narrow: dict, 
     return links
 
 
-def _extras(netlink, inventory: Inventory, links: dict, bridges_with_vms: set, needs: set) -> dict:
+def _extras(netlink, inventory: Inventory, links: dict, bridges_with_vms: set, needs: set, fdb=None,
+            leases_dir: Optional[str] = None) -> dict:
     """The optional facts, each only when needed and only when there is something to look at."""
-    from netmedic import hostfacts
+    from netmedic import hostfacts, pathfacts
 
     out: dict = {}
     if "addresses" in needs and bridges_with_vms:
@@ -262,4 +276,16 @@ def _extras(netlink, inventory: Inventory, links: dict, bridges_with_vms: set, n
     if "dnsmasq" in needs:
         out["dnsmasq"] = {n.name: hostfacts.read_dnsmasq(n.name, os.path.dirname(n.source_file))
                           for n in nat if n.ips and n.source_file}
+    if "counters" in needs:  # only taps whose guest's MAC the bridge has not learned: a guest that talks is known
+        quiet = [(n.tap, links[n.tap].index) for n in inventory.nics if n.tap in links
+                 and (n.bridge, n.mac) in (fdb or {}) and (fdb or {})[(n.bridge, n.mac)] is None]
+        out["counters"] = pathfacts.counters(netlink, quiet) if quiet else {}
+    if "routes" in needs:  # only the VMs of bridges (or NAT networks) where the host has an address
+        addrs = out.get("addresses") if out.get("addresses") is not None else netlink.addresses()
+        on_link = {b for b in bridges_with_vms if addrs.get(links[b].index)}
+        nics = [n for n in inventory.nics if n.bridge in on_link]
+        out["routes"] = pathfacts.routes(netlink, inventory, leases_dir or hostfacts.DEFAULT_LEASES_DIR, nics,
+                                         {lk.index: lk.name for lk in links.values()}) if nics else {}
+    if "direct" in needs:
+        out["direct"] = pathfacts.direct_links(netlink) if inventory.direct_nics else {}
     return out

@@ -12,20 +12,26 @@ from netmedic import plugin
 from netmedic.policies import (
     bridge_netfilter,
     fdb_ownership,
+    guest_silent,
     host_ip_on_port,
     ip_forwarding,
+    macvtap_isolation,
     mtu_consistency,
     nat_network_health,
+    port_delivery,
     port_forwarding,
     remote_duplicate,
+    route_conflict,
     unique_mac,
     uplink_aggregation,
+    uplink_carrier,
     vlan_membership,
 )
 
 # Order is the order a reconcile heals in: attach before pinning.
 BUILTIN = (port_forwarding, unique_mac, fdb_ownership, ip_forwarding, bridge_netfilter, mtu_consistency,
-           vlan_membership, uplink_aggregation, host_ip_on_port, nat_network_health, remote_duplicate)
+           vlan_membership, uplink_aggregation, host_ip_on_port, nat_network_health, remote_duplicate,
+           port_delivery, guest_silent, route_conflict, macvtap_isolation, uplink_carrier)
 INVARIANTS = {m.PLUGIN.NAME: plugin.validate_invariant(m.PLUGIN) for m in BUILTIN}
 
 

@@ -27,6 +27,7 @@ class FdbOwnership(Invariant):
         "remedy": Option("pin-sticky", "how to heal: pin the MAC static sticky on the VM's tap",
                          choices=("pin-sticky",)),
     }
+    HOP = "fdb"  # netmedic diagnose shows its violations on this hop
     REMEDIES = {"poisoned": "fdb_pin", "unpinned": "fdb_pin"}
 
     def check(self, snapshot, options) -> list:

@@ -31,6 +31,7 @@ class NatNetworkHealth(Invariant):
     DEFAULT_ENABLED = True
     DEFAULT_MODE = "observe"  # a finding with the exact fix; libvirt owns these rules and processes
     OPTIONS = {}
+    HOP = "l3"  # netmedic diagnose shows its violations on this hop
     REMEDIES = {"masquerade_missing": None, "dnsmasq_down": None}
     NEEDS = frozenset(("nat_rules", "dnsmasq"))
 
