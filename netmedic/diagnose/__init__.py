@@ -184,8 +184,8 @@ def main(args) -> int:
     import json
     import sys
 
-    from netmedic.errors import NetmedicError
     from netmedic import settings
+    from netmedic.errors import NetmedicError
 
     policy = settings.load_policy(args.policy, getattr(args, "mode", None))
     try:
