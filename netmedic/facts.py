@@ -51,3 +51,17 @@ def masquerades(rules: list, subnet: str) -> list:
         if src.version == net.version and net.subnet_of(src):
             out.append(r)
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelEvent:
+    """One kernel-log line netmedic recognises (netmedic.kmsg.PATTERNS)."""
+
+    kind: str  # 'nic_hang', 'nic_reset', 'tx_timeout', 'conntrack_full', 'own_address'
+    device: Optional[str]  # the interface the line names (None for conntrack)
+    message: str  # the line as the kernel logged it
+    ts: float  # seconds since boot (the kernel's timestamp)
+    seq: int = 0
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)

@@ -176,3 +176,53 @@ def neighbours(mac: str, arp_file: str = "/proc/net/arp") -> list:
         if len(f) >= 6 and f[3].lower() == mac and int(f[2], 16) & 0x2:  # ATF_COM
             out.append((f[0], f[5]))
     return out
+
+
+# --- bridges' address assignment, conntrack, the kernel log (issue 16) -----------------------------
+SYS_CLASS_NET = "/sys/class/net"
+
+
+def read_addr_assign_type(ifname: str, sys_class_net: str = SYS_CLASS_NET) -> Optional[int]:
+    """The link's addr_assign_type (0 permanent, 1 random, 2 stolen, 3 set by userspace); None when
+    unreadable. A bridge whose address was never set follows its lowest port MAC (not 3)."""
+    if not ifname or "/" in ifname or ifname in (".", ".."):
+        return None
+    try:
+        with open(os.path.join(sys_class_net, ifname, "addr_assign_type")) as fh:
+            return int(fh.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _writable(key: str) -> bool:
+    """Is this sysctl writable here? (In a child network namespace conntrack's max and buckets are
+    read-only: the table size is the host's, set in the initial namespace.)"""
+    try:
+        return bool(os.stat(os.path.join(ops.PROC_SYS, key)).st_mode & 0o200)
+    except OSError:
+        return False
+
+
+def read_conntrack() -> Optional[dict]:
+    """nf_conntrack's table use: count (this namespace's entries), max, buckets, and whether max and
+    buckets can be written here. None when conntrack is not loaded."""
+    keys = {k: f"net/netfilter/nf_conntrack_{k}" for k in ("count", "max", "buckets")}
+    vals = {k: ops.read_sysctl(v) for k, v in keys.items()}
+    try:
+        out = {k: int(v) for k, v in vals.items() if v is not None}
+    except ValueError:
+        return None
+    if "count" not in out or "max" not in out:
+        return None
+    out["max_writable"] = _writable(keys["max"])
+    out["buckets_writable"] = _writable(keys["buckets"])
+    return out
+
+
+def read_kernel_events(window: float = 600.0, path: Optional[str] = None, now: Optional[float] = None) -> list:
+    """The kernel-log lines netmedic knows (netmedic.kmsg.PATTERNS) logged within the last `window`
+    seconds, read from the start of the kernel's ring buffer (/dev/kmsg, non-blocking): a list of
+    kmsg.KernelEvent, oldest first. Empty when the log is unreadable."""
+    from netmedic import kmsg
+
+    return kmsg.recent(window, path=path, now=now)

@@ -42,6 +42,10 @@ class Snapshot:
     nat_rules: Optional[list] = None  # 'nat_rules': hostfacts.NatRule (MASQUERADE rules)
     dnsmasq: Optional[dict] = None  # 'dnsmasq': network name -> hostfacts.Dnsmasq
     sightings: Optional[dict] = None  # (bridge, mac) -> frames seen on the uplink (diagnose --probe)
+    bridge_addr: Optional[dict] = None  # 'bridge_addr': bridge name -> addr_assign_type (3 = set, fixed)
+    conntrack: Optional[dict] = None  # 'conntrack': count, max, buckets, max_writable, buckets_writable
+    kernel_events: Optional[list] = None  # 'kernel_events': facts.KernelEvent of the last minutes
+    evpn_fdb: Optional[dict] = None  # 'evpn_fdb': bridge with a vxlan port -> its extern_learn fdb entries
 
     def __post_init__(self):
         self.by_index = {link.index: link for link in self.links.values()}
@@ -247,4 +251,15 @@ def _extras(netlink, inventory: Inventory, links: dict, bridges_with_vms: set, n
     if "dnsmasq" in needs:
         out["dnsmasq"] = {n.name: hostfacts.read_dnsmasq(n.name, os.path.dirname(n.source_file))
                           for n in nat if n.ips and n.source_file}
+    bridges = sorted(n for n, lk in links.items() if lk.kind == "bridge")
+    if "bridge_addr" in needs:
+        out["bridge_addr"] = {b: hostfacts.read_addr_assign_type(b) for b in bridges}
+    if "conntrack" in needs:
+        out["conntrack"] = hostfacts.read_conntrack()
+    if "kernel_events" in needs:
+        out["kernel_events"] = hostfacts.read_kernel_events()
+    if "evpn_fdb" in needs:  # only bridges with a vxlan port: one fdb dump each, filtered by the kernel
+        vx = {links[b].index: b for b in bridges
+              if any(lk.master == links[b].index and lk.kind == "vxlan" for lk in links.values())}
+        out["evpn_fdb"] = {b: [e for e in netlink.fdb_dump(i) if e.flags & 0x10] for i, b in vx.items()}
     return out

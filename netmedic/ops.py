@@ -138,7 +138,10 @@ class HostOps:
             self.nl.set_port(self._index(a), state=a.get("state"), learning=a.get("learning"),
                              flood=a.get("flood"))
         elif op == "set_bridge":
-            self.nl.set_bridge(self._index(a, "bridge"), nf_call_iptables=a.get("nf_call_iptables"))
+            self.nl.set_bridge(self._index(a, "bridge"), nf_call_iptables=a.get("nf_call_iptables"),
+                               stp_state=a.get("stp_state"), forward_delay=a.get("forward_delay"))
+        elif op == "set_address":
+            self.nl.set_address(self._index(a, "bridge" if "bridge" in a else "port"), a["mac"])
         elif op == "sysctl":
             self._write_sysctl(a["key"], a["value"])
         elif op == "iptables":

@@ -20,7 +20,8 @@ import dataclasses
 from typing import Optional
 
 # The optional facts an invariant may ask observe() for (Snapshot fields read only when needed).
-FACTS = frozenset({"addresses", "port_vlans", "nat_rules", "dnsmasq", "firewall"})
+FACTS = frozenset({"addresses", "port_vlans", "nat_rules", "dnsmasq", "firewall",
+                   "bridge_addr", "conntrack", "kernel_events", "evpn_fdb"})
 MODES = ("observe", "enforce")
 
 
