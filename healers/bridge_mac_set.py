@@ -13,7 +13,6 @@ from netmedic.policies.bridge_uplink import non_tap_ports
 class BridgeMacSet(Healer):
     NAME = "bridge_mac_set"
     HANDLES = ("bridge_mac",)
-    NEEDS = frozenset({"bridge_addr"})
 
     def plan(self, violation, snapshot, options):
         bridge = violation.subject.bridge

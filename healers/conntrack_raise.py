@@ -22,7 +22,6 @@ def bound_entries(max_memory_mb: int) -> int:
 class ConntrackRaise(Healer):
     NAME = "conntrack_raise"
     HANDLES = ("conntrack_capacity",)
-    NEEDS = frozenset({"conntrack"})
 
     def plan(self, violation, snapshot, options):
         ct = snapshot.conntrack

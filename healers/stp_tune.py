@@ -9,7 +9,7 @@ from __future__ import annotations
 from netmedic.model import Plan, Step
 from netmedic.nl import data as nl
 from netmedic.plugin import Healer
-from netmedic.policies.bridge_uplink import non_tap_ports
+from netmedic.policies.stp_forward_delay import WAITING, ports_of, uplinks_of
 
 MIN_STP_DELAY = 200  # centiseconds: BR_MIN_FORWARD_DELAY, what the kernel accepts with STP on
 
@@ -23,7 +23,7 @@ class StpTune(Healer):
         br = snapshot.bridge(bridge)
         if br is None or br.bridge is None:
             return None, f"bridge {bridge} no longer exists"
-        uplinks = non_tap_ports(snapshot, bridge)
+        uplinks = uplinks_of(snapshot, bridge)
         if len(uplinks) != 1:
             return None, (f"{bridge} has {len(uplinks)} non-tap ports ({', '.join(lk.name for lk in uplinks)}): "
                           "STP may be breaking a loop; netmedic changes STP only on bridges with one uplink")
@@ -45,9 +45,7 @@ class StpTune(Healer):
                         before={"stp_state": info.stp_state, "forward_delay": info.forward_delay / 100}), ""
         steps = [Step("set_bridge", {**ids, "stp_state": 0}, f"turn STP off on {bridge}",
                       undo=Step("set_bridge", {**ids, "stp_state": info.stp_state}, f"turn STP back on on {bridge}"))]
-        waiting = sorted((lk for lk in snapshot.links.values() if lk.master == br.index and lk.port is not None
-                          and lk.port.state in (nl.BR_STATE_LISTENING, nl.BR_STATE_LEARNING)),
-                         key=lambda lk: lk.name)
+        waiting = [lk for lk in ports_of(snapshot, bridge) if lk.port is not None and lk.port.state in WAITING]
         for lk in waiting:
             steps.append(Step("set_port", {"port": lk.name, "port_index": lk.index, "state": nl.BR_STATE_FORWARDING},
                               f"set port {lk.name} to forwarding (it was "
@@ -63,9 +61,8 @@ class StpTune(Healer):
         if br is None or br.bridge is None:
             return {}
         return {"stp_state": br.bridge.stp_state, "forward_delay": br.bridge.forward_delay / 100,
-                "waiting_ports": sorted(lk.name for lk in snapshot.links.values() if lk.master == br.index
-                                        and lk.port is not None and lk.port.state in
-                                        (nl.BR_STATE_LISTENING, nl.BR_STATE_LEARNING))}
+                "waiting_ports": [lk.name for lk in ports_of(snapshot, violation.subject.bridge)
+                                  if lk.port is not None and lk.port.state in WAITING]}
 
 
 PLUGIN = StpTune()

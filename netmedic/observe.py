@@ -46,6 +46,7 @@ class Snapshot:
     conntrack: Optional[dict] = None  # 'conntrack': count, max, buckets, max_writable, buckets_writable
     kernel_events: Optional[list] = None  # 'kernel_events': facts.KernelEvent of the last minutes
     evpn_fdb: Optional[dict] = None  # 'evpn_fdb': bridge with a vxlan port -> its extern_learn fdb entries
+    stp_ports: Optional[dict] = None  # 'stp_ports': bridge with VMs and STP on -> all its ports (LinkInfo)
 
     def __post_init__(self):
         self.by_index = {link.index: link for link in self.links.values()}
@@ -128,7 +129,7 @@ def observe(netlink, inventory: Inventory, records: Optional[dict] = None,
         # Only VMs: the bridge-level facts (iptables FORWARD and nat rules, host addresses on ports,
         # dnsmasq) are for passes over whole bridges; a VM's own port VLANs stay.
         firewall = False
-        needs = set(needs) & {"port_vlans"}
+        needs = set(needs) & {"port_vlans", "stp_ports"}
 
     def wanted(nic) -> bool:
         if not nic.bridge or (only is not None and nic.bridge not in only):
@@ -258,6 +259,9 @@ def _extras(netlink, inventory: Inventory, links: dict, bridges_with_vms: set, n
         out["conntrack"] = hostfacts.read_conntrack()
     if "kernel_events" in needs:
         out["kernel_events"] = hostfacts.read_kernel_events()
+    if "stp_ports" in needs:  # also in a pass narrowed to one VM: a VM start is when STP holds a port
+        out["stp_ports"] = {b: tuple(netlink.links(master=links[b].index)) for b in sorted(bridges_with_vms)
+                            if links[b].bridge is not None and links[b].bridge.stp_state}
     if "evpn_fdb" in needs:  # only bridges with a vxlan port: one fdb dump each, filtered by the kernel
         vx = {links[b].index: b for b in bridges
               if any(lk.master == links[b].index and lk.kind == "vxlan" for lk in links.values())}

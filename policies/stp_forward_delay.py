@@ -14,10 +14,28 @@ from __future__ import annotations
 from netmedic.model import Subject, Violation
 from netmedic.nl import data as nl
 from netmedic.plugin import Invariant
-from netmedic.policies.bridge_uplink import non_tap_ports, vm_bridges
+from netmedic.policies.bridge_uplink import vm_bridges, vm_taps
 from netmedic.policies.config import Option
 
 WAITING = (nl.BR_STATE_LISTENING, nl.BR_STATE_LEARNING)
+
+
+def ports_of(snapshot, bridge: str) -> list:
+    """Every port of the bridge, sorted by name: from the `stp_ports` fact (read even by a pass narrowed
+    to one VM, which lists no other port) or else the observed links."""
+    br = snapshot.bridge(bridge)
+    if br is None:
+        return []
+    ports = (snapshot.stp_ports or {}).get(bridge)
+    if ports is None:
+        ports = [lk for lk in snapshot.links.values() if lk.master == br.index]
+    return sorted(ports, key=lambda lk: lk.name)
+
+
+def uplinks_of(snapshot, bridge: str) -> list:
+    """The bridge's non-tap ports (bridge_uplink.non_tap_ports over ports_of)."""
+    taps = vm_taps(snapshot)
+    return [lk for lk in ports_of(snapshot, bridge) if lk.name not in taps and lk.kind not in ("tun", "macvtap")]
 
 
 def persistent_fix(bridge: str) -> str:
@@ -40,6 +58,7 @@ class StpForwardDelay(Invariant):
                          choices=("stp-off", "lower-delay")),
     }
     REMEDIES = {"stp_delay": {"stp-off": "stp_tune", "lower-delay": "stp_tune"}}
+    NEEDS = frozenset({"stp_ports"})
 
     def check(self, snapshot, options) -> list:
         limit = float(options.get("max_forward_delay", 2.0))
@@ -50,8 +69,8 @@ class StpForwardDelay(Invariant):
             if info is None or not info.stp_state or info.forward_delay <= round(limit * 100):
                 continue
             taps = {n.tap for n in snapshot.nics() if n.bridge == bridge and n.tap}
-            waiting = sorted((lk.name, nl.PORT_STATE_NAMES[lk.port.state]) for lk in snapshot.links.values()
-                             if lk.master == br.index and lk.port is not None and lk.port.state in WAITING)
+            waiting = sorted((lk.name, nl.PORT_STATE_NAMES[lk.port.state]) for lk in ports_of(snapshot, bridge)
+                             if lk.port is not None and lk.port.state in WAITING)
             vm_waiting = [p for p, _ in waiting if p in taps]
             fd = info.forward_delay / 100
             out.append(Violation(
@@ -60,7 +79,7 @@ class StpForwardDelay(Invariant):
                 f"{2 * fd:g} s listening and learning before it forwards (guests' DHCP/PXE time out)"
                 + (f"; waiting now: {', '.join(vm_waiting)}" if vm_waiting else ""),
                 {"stp_state": info.stp_state, "forward_delay": fd, "port_wait": 2 * fd,
-                 "waiting_ports": dict(waiting), "uplinks": [lk.name for lk in non_tap_ports(snapshot, bridge)],
+                 "waiting_ports": dict(waiting), "uplinks": [lk.name for lk in uplinks_of(snapshot, bridge)],
                  "fix": persistent_fix(bridge)},
                 severity="broken" if vm_waiting else "risk"))
         return out
