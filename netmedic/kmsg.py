@@ -18,6 +18,8 @@ from typing import Optional
 from netmedic.facts import KernelEvent
 
 KMSG = "/dev/kmsg"
+# A file of kmsg records read instead of /dev/kmsg (a saved kernel log replayed; the tests' seam).
+ENV_PATH = "NETMEDIC_KMSG"
 MAX_READ = 8192  # a kmsg record is at most ~1 KiB (PRINTKRB_RECORD_MAX): one read() returns one record
 
 # kind -> pattern over the message; group 'dev' is the interface when the line names one.
@@ -97,6 +99,10 @@ def read_available(fd: int) -> list:
     return events
 
 
+def default_path() -> str:
+    return os.environ.get(ENV_PATH) or KMSG
+
+
 def uptime() -> float:
     """Seconds since boot on the clock printk stamps records with (CLOCK_MONOTONIC, near enough)."""
     return time.clock_gettime(time.CLOCK_MONOTONIC)
@@ -104,7 +110,7 @@ def uptime() -> float:
 
 def recent(window: float = 600.0, path: Optional[str] = None, now: Optional[float] = None) -> list:
     """The known events of the last `window` seconds, oldest first ([] when the log is unreadable)."""
-    path = path or KMSG
+    path = path or default_path()
     now = uptime() if now is None else now
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)

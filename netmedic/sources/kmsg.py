@@ -4,11 +4,14 @@ a transmit timeout, conntrack dropping packets, a bridge receiving its own addre
 `kernel_event` and a pass over the bridge the device belongs to (every bridge when it names none), so
 the invariants that read the `kernel_events` fact judge it at once. It never acts on a line itself.
 
-The seam for tests: `path` (a file of kmsg records) and on_readable(daemon) called by the test.
+The seam for tests (and for replaying a saved log): `path`, or the environment variable NETMEDIC_KMSG,
+naming a regular file of kmsg records; a file is polled twice a second for appended records instead of
+being selected on.
 """
 from __future__ import annotations
 
 import os
+import stat
 from typing import Optional
 
 from netmedic import kmsg
@@ -17,29 +20,36 @@ from netmedic import kmsg
 class KmsgSource:
     name = "kmsg"
 
-    def __init__(self, path: str = kmsg.KMSG, from_start: bool = False):
-        self.path = path
+    POLL = 0.5  # seconds between reads of a regular file
+
+    def __init__(self, path: Optional[str] = None, from_start: bool = False):
+        self.path = path or kmsg.default_path()
+        self.is_file = False
         self.fd: Optional[int] = None
         self.error: Optional[str] = None
         self.seen = 0
         self.last: Optional[dict] = None
         try:
-            self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            self.fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            self.is_file = stat.S_ISREG(os.fstat(self.fd).st_mode)
             if not from_start:
                 os.lseek(self.fd, 0, os.SEEK_END)  # /dev/kmsg: after the newest record
         except OSError as exc:
-            self.error = f"{path}: {exc.strerror or exc}"
+            self.error = f"{self.path}: {exc.strerror or exc}"
             self.close()
 
     def fileno(self):
-        return self.fd
+        return None if self.is_file else self.fd
 
     def status(self) -> dict:
         return {"state": "following" if self.fd is not None else "off", "path": self.path,
                 "events": self.seen, "last": self.last, "error": self.error}
 
     def poll(self, daemon, now):
-        return None
+        if not self.is_file or self.fd is None:
+            return None
+        self.on_readable(daemon)
+        return now + self.POLL
 
     def on_readable(self, daemon) -> None:
         if self.fd is None:
