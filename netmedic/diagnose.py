@@ -31,7 +31,7 @@ VERDICTS = ("ok", "broken", "risk", "unknown")
 HOPS = ((1, "nic", "domain and NIC"), (2, "tap", "tap"), (3, "port", "bridge port"), (4, "fdb", "fdb"),
         (5, "duplicates", "duplicates"), (6, "uplink", "uplink"), (7, "l3", "L3 on the host"),
         (8, "ip", "VM IP address"), (9, "probe", "probe"))
-ALL_NEEDS = ("addresses", "port_vlans", "nat_rules", "dnsmasq")
+ALL_NEEDS = ("addresses", "port_vlans", "nat_rules", "dnsmasq", "bridge_addr", "kernel_events")
 
 
 class DiagnoseError(InputError):
@@ -317,6 +317,8 @@ def hop_uplink(c: _Ctx, hop: Hop, fdb_hop: Hop) -> None:
         hop.set("broken", v.message, v.evidence["fix"])
     for v in c.about("uplink_aggregation", bridge=n.bridge):
         hop.set("risk", v.message, REMEDY_TEXT)
+    for v in [v for inv in ("bridge_uplink", "kernel_log", "bridge_mac") for v in c.about(inv, bridge=n.bridge)]:
+        hop.set(v.severity, v.message, c.fix_for(v))
     for u in ups:
         if u.kind == "team":
             hop.set("risk", f"{u.name} is a team device: its runner is not visible over rtnetlink; a "

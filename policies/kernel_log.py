@@ -45,7 +45,8 @@ class KernelLog(Invariant):
         for ev in events:
             if ev.kind in HANG_KINDS and ev.device:
                 hangs.setdefault(ev.device, []).append(ev)
-            elif ev.kind == "own_address" and ev.device:
+            elif ev.kind == "own_address" and ev.device and self._bridge_of(snapshot, ev.device) == \
+                    ev.message.split(":", 1)[0]:  # that port of that bridge here (the log is the host's)
                 own.setdefault(ev.device, []).append(ev)
         out = []
         for dev, evs in sorted(hangs.items()):

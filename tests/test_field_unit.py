@@ -165,3 +165,15 @@ def test_kernel_log_groups_by_device_and_finds_the_bridge():
     assert found[("nic_hang", "eno1")].evidence["kinds"] == ["nic_hang", "nic_reset"]
     assert found[("nic_hang", "eno2")].subject.bridge is None
     assert KLOG.remedy(found[("nic_hang", "eno1")], {}) is None, "never applied"
+
+
+def test_own_address_counts_only_for_that_port_of_that_bridge_here():
+    line = "br0: received packet on uplink0 with own address as source address (addr:02:00:00:00:00:02, vlan:0)"
+    snap = snapshot(links=[bridge("br0", 2), uplink("uplink0", 3, master=2, kind="veth")])
+    snap.kernel_events = [KernelEvent("own_address", "uplink0", line, 1.0)]
+    [v] = KLOG.check(snap, {})
+    assert v.kind == "own_address" and v.subject.bridge == "br0" and v.severity == "risk"
+    # the kernel log is the host's: the same names in another namespace (another bridge) say nothing here
+    snap = snapshot(links=[bridge("br1", 2), uplink("uplink0", 3, master=2, kind="veth")])
+    snap.kernel_events = [KernelEvent("own_address", "uplink0", line, 1.0)]
+    assert not KLOG.check(snap, {})
