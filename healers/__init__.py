@@ -14,6 +14,7 @@ from netmedic.healers import (
     conntrack_raise,
     fdb_pin,
     ip_forward,
+    libvirt_reload,
     mtu_set,
     netfilter_accept,
     port_state,
@@ -24,7 +25,7 @@ from netmedic.healers import (
 )
 
 BUILTIN = (fdb_pin, reattach, port_state, ip_forward, netfilter_accept, quarantine, mtu_set, vlan_add,
-           stp_tune, bridge_mac_set, conntrack_raise)
+           stp_tune, bridge_mac_set, conntrack_raise, libvirt_reload)
 HEALERS = {m.PLUGIN.NAME: plugin.validate_healer(m.PLUGIN) for m in BUILTIN}
 
 

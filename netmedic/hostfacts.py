@@ -226,3 +226,26 @@ def read_kernel_events(window: float = 600.0, path: Optional[str] = None, now: O
     from netmedic import kmsg
 
     return kmsg.recent(window, path=path, now=now)
+
+
+LIBVIRT_NETWORK_DAEMONS = ("virtnetworkd", "libvirtd")  # modular daemon first, then the monolithic one
+
+
+def read_libvirt_daemons(proc: str = "/proc") -> dict:
+    """The libvirt daemons that own the networks' firewall rules, running in this network namespace:
+    name -> pid (the lowest pid of each name). Read from /proc/PID/comm."""
+    here = _netns_inode("self")
+    out: dict = {}
+    try:
+        pids = sorted(int(p) for p in os.listdir(proc) if p.isdigit())
+    except OSError:
+        return out
+    for pid in pids:
+        try:
+            with open(f"{proc}/{pid}/comm") as fh:
+                comm = fh.read().strip()
+        except OSError:
+            continue
+        if comm in LIBVIRT_NETWORK_DAEMONS and comm not in out and _netns_inode(str(pid)) == here:
+            out[comm] = pid
+    return out

@@ -47,6 +47,7 @@ class Snapshot:
     kernel_events: Optional[list] = None  # 'kernel_events': facts.KernelEvent of the last minutes
     evpn_fdb: Optional[dict] = None  # 'evpn_fdb': bridge with a vxlan port -> its extern_learn fdb entries
     stp_ports: Optional[dict] = None  # 'stp_ports': bridge with VMs and STP on -> all its ports (LinkInfo)
+    libvirt_daemons: Optional[dict] = None  # 'libvirt_daemons': virtnetworkd/libvirtd -> pid, this netns
 
     def __post_init__(self):
         self.by_index = {link.index: link for link in self.links.values()}
@@ -252,6 +253,8 @@ def _extras(netlink, inventory: Inventory, links: dict, bridges_with_vms: set, n
     if "dnsmasq" in needs:
         out["dnsmasq"] = {n.name: hostfacts.read_dnsmasq(n.name, os.path.dirname(n.source_file))
                           for n in nat if n.ips and n.source_file}
+    if "libvirt_daemons" in needs:
+        out["libvirt_daemons"] = hostfacts.read_libvirt_daemons() if nat else {}
     bridges = sorted(n for n, lk in links.items() if lk.kind == "bridge")
     if "bridge_addr" in needs:
         out["bridge_addr"] = {b: hostfacts.read_addr_assign_type(b) for b in bridges}
