@@ -26,12 +26,33 @@ def _net(text: str) -> Optional[str]:
         return None
 
 
+def _reachable_chains(lines: list, start: str = "POSTROUTING") -> set:
+    """The chains a packet can reach from `start` through -j/-g jumps (a rule in a chain nothing jumps
+    to never applies: `iptables -F` keeps libvirt's LIBVIRT_PRT chain and its rules come back on a
+    reload, but the jump from POSTROUTING does not)."""
+    edges: dict = {}
+    for words in lines:
+        if words[:1] == ["-A"] and len(words) > 1:
+            for i, w in enumerate(words[:-1]):
+                if w in ("-j", "--jump", "-g", "--goto"):
+                    edges.setdefault(words[1], set()).add(words[i + 1])
+    seen, todo = {start}, [start]
+    while todo:
+        for nxt in edges.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
 def parse_iptables_nat(backend: str, text: str) -> list:
-    """MASQUERADE rules from `iptables -t nat -S` output."""
+    """MASQUERADE rules from `iptables -t nat -S` output, in chains reachable from POSTROUTING."""
     out = []
+    lines = [line.split() for line in text.splitlines()]
+    reachable = _reachable_chains(lines)
     for line in text.splitlines():
         words = line.split()
-        if words[:1] != ["-A"] or "MASQUERADE" not in words:
+        if words[:1] != ["-A"] or "MASQUERADE" not in words or words[1] not in reachable:
             continue
         src = dst = None
         for i, w in enumerate(words[:-1]):
@@ -229,6 +250,34 @@ def read_kernel_events(window: float = 600.0, path: Optional[str] = None, now: O
 
 
 LIBVIRT_NETWORK_DAEMONS = ("virtnetworkd", "libvirtd")  # modular daemon first, then the monolithic one
+LIBVIRT_NAT_CHAIN = "LIBVIRT_PRT"  # libvirt's (< 10.4, iptables backend) nat chain, jumped to from POSTROUTING
+
+
+def read_libvirt_firewall(chains: bool = True) -> dict:
+    """What the libvirt_reload healer must know: the daemons that own the networks' rules (name -> pid,
+    in this network namespace), and with `chains` the state of libvirt's iptables nat chain
+    ('reachable', 'unreachable': it exists but nothing jumps to it, 'missing', or None when no iptables
+    nat table is listed) and whether libvirt's own nftables table (libvirt >= 10.4) exists."""
+    out: dict = {"daemons": read_libvirt_daemons(), "chain": None, "nft_table": None}
+    if not chains:
+        return out
+    for backend in ("nft", "legacy"):
+        if backend == "legacy" and not _legacy_nat_loaded():
+            continue
+        binary = ops._iptables_binary(backend)
+        text = _run([binary, "-w", "5", "-t", "nat", "-S"]) if binary else None
+        if text is None:
+            continue
+        lines = [line.split() for line in text.splitlines()]
+        exists = ["-N", LIBVIRT_NAT_CHAIN] in [w[:2] for w in lines]
+        state = ("reachable" if LIBVIRT_NAT_CHAIN in _reachable_chains(lines) else "unreachable") if exists \
+            else "missing"
+        if out["chain"] is None or state == "reachable" or (state == "unreachable" and out["chain"] == "missing"):
+            out["chain"] = state
+    nft = shutil.which("nft") or next((p for p in ("/usr/sbin/nft", "/sbin/nft") if os.access(p, os.X_OK)), None)
+    if nft:
+        out["nft_table"] = _run([nft, "list", "table", "ip", "libvirt_network"]) is not None
+    return out
 
 
 def read_libvirt_daemons(proc: str = "/proc") -> dict:

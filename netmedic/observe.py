@@ -15,11 +15,12 @@ judged by full observations: the daemon's startup pass, its periodic resync and 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 from typing import Iterable, Optional
 
-from netmedic import ops
+from netmedic import facts, ops
 from netmedic.inventory import Inventory
 
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -47,7 +48,7 @@ class Snapshot:
     kernel_events: Optional[list] = None  # 'kernel_events': facts.KernelEvent of the last minutes
     evpn_fdb: Optional[dict] = None  # 'evpn_fdb': bridge with a vxlan port -> its extern_learn fdb entries
     stp_ports: Optional[dict] = None  # 'stp_ports': bridge with VMs and STP on -> all its ports (LinkInfo)
-    libvirt_daemons: Optional[dict] = None  # 'libvirt_daemons': virtnetworkd/libvirtd -> pid, this netns
+    libvirt_firewall: Optional[dict] = None  # 'libvirt_firewall': hostfacts.read_libvirt_firewall()
 
     def __post_init__(self):
         self.by_index = {link.index: link for link in self.links.values()}
@@ -234,6 +235,15 @@ def _scoped_links(netlink, inventory: Inventory, only: frozenset, narrow: dict, 
     return links
 
 
+def _v4_subnets(ips) -> list:
+    out = []
+    for ip in ips:
+        iface = ipaddress.ip_interface(ip)
+        if iface.version == 4:
+            out.append(str(iface.network))
+    return out
+
+
 def _extras(netlink, inventory: Inventory, links: dict, bridges_with_vms: set, needs: set) -> dict:
     """The optional facts, each only when needed and only when there is something to look at."""
     from netmedic import hostfacts
@@ -253,8 +263,10 @@ def _extras(netlink, inventory: Inventory, links: dict, bridges_with_vms: set, n
     if "dnsmasq" in needs:
         out["dnsmasq"] = {n.name: hostfacts.read_dnsmasq(n.name, os.path.dirname(n.source_file))
                           for n in nat if n.ips and n.source_file}
-    if "libvirt_daemons" in needs:
-        out["libvirt_daemons"] = hostfacts.read_libvirt_daemons() if nat else {}
+    if "libvirt_firewall" in needs:  # libvirt's chains are looked at only when a masquerade is missing
+        lost = out.get("nat_rules") is not None and any(
+            not facts.masquerades(out["nat_rules"], s) for n in nat for s in _v4_subnets(n.ips))
+        out["libvirt_firewall"] = hostfacts.read_libvirt_firewall(chains=lost) if nat else None
     bridges = sorted(n for n, lk in links.items() if lk.kind == "bridge")
     if "bridge_addr" in needs:
         out["bridge_addr"] = {b: hostfacts.read_addr_assign_type(b) for b in bridges}

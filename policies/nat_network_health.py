@@ -39,7 +39,7 @@ class NatNetworkHealth(Invariant):
                          "re-applies every active network's firewall rules)", choices=("none", "reload-libvirt")),
     }
     REMEDIES = {"masquerade_missing": {"none": None, "reload-libvirt": "libvirt_reload"}, "dnsmasq_down": None}
-    NEEDS = frozenset(("nat_rules", "dnsmasq", "libvirt_daemons"))
+    NEEDS = frozenset(("nat_rules", "dnsmasq", "libvirt_firewall"))
 
     def check(self, snapshot, options) -> list:
         out = []

@@ -177,3 +177,14 @@ def test_own_address_counts_only_for_that_port_of_that_bridge_here():
     snap = snapshot(links=[bridge("br1", 2), uplink("uplink0", 3, master=2, kind="veth")])
     snap.kernel_events = [KernelEvent("own_address", "uplink0", line, 1.0)]
     assert not KLOG.check(snap, {})
+
+
+def test_a_masquerade_rule_nothing_jumps_to_does_not_count():
+    """`iptables -F` keeps libvirt's chains; a reload re-adds their rules but not the jumps to them."""
+    from netmedic import hostfacts
+
+    text = ("-P POSTROUTING ACCEPT\n-N LIBVIRT_PRT\n"
+            "-A LIBVIRT_PRT -s 203.0.113.0/24 ! -d 203.0.113.0/24 -j MASQUERADE\n")
+    assert hostfacts.parse_iptables_nat("nft", text) == []
+    rules = hostfacts.parse_iptables_nat("nft", text + "-A POSTROUTING -j LIBVIRT_PRT\n")
+    assert [r.source for r in rules] == ["203.0.113.0/24"]
