@@ -49,6 +49,7 @@ class Snapshot:
     evpn_fdb: Optional[dict] = None  # 'evpn_fdb': bridge with a vxlan port -> its extern_learn fdb entries
     stp_ports: Optional[dict] = None  # 'stp_ports': bridge with VMs and STP on -> all its ports (LinkInfo)
     libvirt_firewall: Optional[dict] = None  # 'libvirt_firewall': hostfacts.read_libvirt_firewall()
+    ipv6_ra: Optional[dict] = None  # 'ipv6_ra': VM bridge or its port -> {forwarding, accept_ra, disable_ipv6}
 
     def __post_init__(self):
         self.by_index = {link.index: link for link in self.links.values()}
@@ -277,6 +278,11 @@ def _extras(netlink, inventory: Inventory, links: dict, bridges_with_vms: set, n
     if "stp_ports" in needs:  # also in a pass narrowed to one VM: a VM start is when STP holds a port
         out["stp_ports"] = {b: tuple(netlink.links(master=links[b].index)) for b in sorted(bridges_with_vms)
                             if links[b].bridge is not None and links[b].bridge.stp_state}
+    if "ipv6_ra" in needs:  # the VM bridges and their ports (taps included: cheap, and judged by the invariant)
+        names = set(bridges_with_vms) | {lk.name for lk in links.values()
+                                         if lk.master and any(links[b].index == lk.master for b in bridges_with_vms)}
+        out["ipv6_ra"] = {n: {k: ops.read_sysctl(ops.sysctl_key("net", "ipv6", "conf", n, k))
+                              for k in ("forwarding", "accept_ra", "disable_ipv6")} for n in sorted(names)}
     if "evpn_fdb" in needs:  # only bridges with a vxlan port: one fdb dump each, filtered by the kernel
         vx = {links[b].index: b for b in bridges
               if any(lk.master == links[b].index and lk.kind == "vxlan" for lk in links.values())}

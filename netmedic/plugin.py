@@ -22,7 +22,7 @@ from typing import Optional
 # The optional facts an invariant may ask observe() for (Snapshot fields read only when needed).
 FACTS = frozenset({"addresses", "port_vlans", "nat_rules", "dnsmasq", "firewall",
                    "bridge_addr", "conntrack", "kernel_events", "evpn_fdb", "stp_ports",
-                   "libvirt_firewall"})
+                   "libvirt_firewall", "ipv6_ra"})
 MODES = ("observe", "enforce")
 
 

@@ -18,6 +18,7 @@ from netmedic.policies import (
     fdb_ownership,
     host_ip_on_port,
     ip_forwarding,
+    ipv6_accept_ra,
     kernel_log,
     mtu_consistency,
     nat_network_health,
@@ -32,7 +33,8 @@ from netmedic.policies import (
 # Order is the order a reconcile heals in: attach before pinning.
 BUILTIN = (port_forwarding, unique_mac, fdb_ownership, ip_forwarding, bridge_netfilter, mtu_consistency,
            vlan_membership, uplink_aggregation, host_ip_on_port, nat_network_health, remote_duplicate,
-           stp_forward_delay, bridge_uplink, bridge_mac, conntrack_capacity, kernel_log, evpn_bridge)
+           stp_forward_delay, bridge_uplink, bridge_mac, conntrack_capacity, kernel_log, evpn_bridge,
+           ipv6_accept_ra)
 INVARIANTS = {m.PLUGIN.NAME: plugin.validate_invariant(m.PLUGIN) for m in BUILTIN}
 
 

@@ -38,9 +38,9 @@ def _wait(pred, timeout=10.0, step=0.02):
 class FieldLab:
     """host: bridge br0 with uplink0 (veth to eth0 in gw, 203.0.113.1/24); VMs join as veths."""
 
-    def __init__(self, topo, tmp_path, stp=False, uplink_mac=None):
+    def __init__(self, topo, tmp_path, stp=False, uplink_mac=None, ipv6=False):
         self.topo = topo
-        self.host, self.gw = topo.netns("host", ipv6=False), topo.netns("gw", ipv6=False)
+        self.host, self.gw = topo.netns("host", ipv6=ipv6), topo.netns("gw", ipv6=False)
         self.domains = str(tmp_path / "domains")
         self.networks = str(tmp_path / "networks")
         os.makedirs(self.domains)
@@ -280,3 +280,23 @@ def test_evpn_bridge_with_extern_learn_entries_is_named(topo, tmp_path):
     assert len(found) == 1 and found[0]["kind"] == "evpn_managed" and found[0]["subject"] == {"bridge": "br0"}
     assert found[0]["evidence"]["vxlan_ports"] == ["vxlan100"] and found[0]["evidence"]["extern_learn"] == 1
     assert found[0]["evidence"]["examples"] == [{"mac": "52:54:00:99:00:01", "port": "vxlan100"}]
+
+
+# --- g. IPv6 forwarding and accept_ra -----------------------------------------------------------------
+def test_ipv6_forwarding_with_accept_ra_1_is_reported(topo, tmp_path):
+    lab = FieldLab(topo, tmp_path, ipv6=True)
+    lab.start_vm("vm1")
+    assert topo.sysctl(lab.host, "net/ipv6/conf/br0/accept_ra") == "1"
+    assert not _found(lab.nm.check_json(), "ipv6_accept_ra"), "forwarding off: RAs are accepted"
+    topo.sysctl(lab.host, "net/ipv6/conf/all/forwarding", 1)  # sets every interface's forwarding
+    found = {tuple(sorted(v["subject"].items())): v for v in _found(lab.nm.check_json(), "ipv6_accept_ra")}
+    assert set(found) == {(("bridge", "br0"),), (("bridge", "br0"), ("port", "uplink0"))}
+    v = found[(("bridge", "br0"),)]
+    assert v["kind"] == "ra_ignored" and v["evidence"]["accept_ra"] == "1"
+    assert v["evidence"]["fix"].startswith("sysctl -w net.ipv6.conf.br0.accept_ra=2")
+    out = [o for o in lab.nm.heal_json()["outcomes"] if o["violation"]["invariant"] == "ipv6_accept_ra"]
+    assert {o["result"] for o in out} == {"no_remedy"} and "accept_ra=2" in out[0]["reason"]
+    assert topo.sysctl(lab.host, "net/ipv6/conf/br0/accept_ra") == "1", "observe only: nothing changed"
+    topo.sysctl(lab.host, "net/ipv6/conf/br0/accept_ra", 2)
+    topo.sysctl(lab.host, "net/ipv6/conf/uplink0/accept_ra", 0)  # the admin wants no RAs there
+    assert not _found(lab.nm.check_json(), "ipv6_accept_ra")
