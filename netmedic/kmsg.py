@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 import time
 from typing import Optional
 
@@ -108,18 +109,45 @@ def uptime() -> float:
     return time.clock_gettime(time.CLOCK_MONOTONIC)
 
 
+class _Reader:
+    """One open kmsg descriptor and the known events read so far (a long-running process reads only the
+    records logged since its last look, not the whole ring buffer on every pass)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        self.is_file = stat.S_ISREG(os.fstat(self.fd).st_mode)
+        self.events: list = []
+
+    def read(self) -> list:
+        if self.is_file and os.fstat(self.fd).st_size < os.lseek(self.fd, 0, os.SEEK_CUR):
+            os.lseek(self.fd, 0, os.SEEK_SET)  # the file was truncated/rewritten: read it afresh
+            self.events = []
+        self.events.extend(read_available(self.fd))
+        return self.events
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+_readers: dict = {}
+MAX_KEPT = 10000  # known events kept between looks (a storm of `table full` lines stays bounded)
+
+
 def recent(window: float = 600.0, path: Optional[str] = None, now: Optional[float] = None) -> list:
     """The known events of the last `window` seconds, oldest first ([] when the log is unreadable)."""
     path = path or default_path()
     now = uptime() if now is None else now
+    reader = _readers.get(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        if reader is None:
+            reader = _readers[path] = _Reader(path)
+        events = reader.read()
     except OSError:
+        if reader is not None:
+            _readers.pop(path, None)
+            reader.close()
         return []
-    try:
-        events = read_available(fd)
-    except OSError:
-        return []
-    finally:
-        os.close(fd)
-    return [e for e in events if now - e.ts <= window]
+    keep = [e for e in events if now - e.ts <= max(window, 3600.0)][-MAX_KEPT:]
+    reader.events = keep
+    return [e for e in keep if now - e.ts <= window]

@@ -150,3 +150,15 @@ def test_daemon_follows_the_kernel_log(topo, tmp_path, monkeypatch):
     finally:
         daemon.terminate()
         daemon.wait(10)
+
+
+def test_recent_reads_only_what_was_logged_since_and_notices_a_rewrite(tmp_path):
+    path = tmp_path / "kmsg-incremental"
+    now = kmsg.uptime()
+    path.write_text(record(HANG, 1, now - 5))
+    assert [e.seq for e in kmsg.recent(600, path=str(path), now=now)] == [1]
+    with open(path, "a") as fh:
+        fh.write(record(RESET, 2, now - 1))
+    assert [e.seq for e in kmsg.recent(600, path=str(path), now=now)] == [1, 2]
+    path.write_text("")  # a replayed log replaced by an empty one
+    assert kmsg.recent(600, path=str(path), now=now) == []
