@@ -43,8 +43,11 @@ class BridgeMac(Invariant):
             link = snapshot.link(name)
             if link is not None and link.mac:
                 tap_macs[link.mac] = name
+        own = {n.bridge for n in snapshot.inventory.networks.values() if n.bridge and n.forward_mode != "bridge"}
         out = []
         for bridge in vm_bridges(snapshot):
+            if bridge in own:
+                continue  # libvirt sets the address of its own networks' bridges (<mac> in the network XML)
             br = snapshot.bridge(bridge)
             assign = snapshot.bridge_addr.get(bridge)
             if assign is None or assign == ADDR_SET or not br.mac:

@@ -188,3 +188,11 @@ def test_a_masquerade_rule_nothing_jumps_to_does_not_count():
     assert hostfacts.parse_iptables_nat("nft", text) == []
     rules = hostfacts.parse_iptables_nat("nft", text + "-A POSTROUTING -j LIBVIRT_PRT\n")
     assert [r.source for r in rules] == ["203.0.113.0/24"]
+
+
+def test_bridge_mac_leaves_libvirt_network_bridges_alone():
+    links = [bridge("virbr1", 2, mac="fe:54:00:00:00:0a"), tap("vnet0", 10, master=2, mac="fe:54:00:00:00:0a")]
+    snap = snapshot(links=links, nics=[nic("vm1", MAC1, "virbr1", "vnet0", type="network", network="nat1")],
+                    networks=[network("nat1", "virbr1")])
+    snap.bridge_addr = {"virbr1": 1}
+    assert not MACINV.check(snap, {}), "libvirt sets its networks' bridge addresses itself"
