@@ -278,9 +278,11 @@ def _extras(netlink, inventory: Inventory, links: dict, bridges_with_vms: set, n
     if "stp_ports" in needs:  # also in a pass narrowed to one VM: a VM start is when STP holds a port
         out["stp_ports"] = {b: tuple(netlink.links(master=links[b].index)) for b in sorted(bridges_with_vms)
                             if links[b].bridge is not None and links[b].bridge.stp_state}
-    if "ipv6_ra" in needs:  # the VM bridges and their ports (taps included: cheap, and judged by the invariant)
-        names = set(bridges_with_vms) | {lk.name for lk in links.values()
-                                         if lk.master and any(links[b].index == lk.master for b in bridges_with_vms)}
+    if "ipv6_ra" in needs:  # the VM bridges and their non-tap ports (3 sysctls each)
+        taps = {n.tap for n in inventory.nics if n.tap}
+        masters = {links[b].index for b in bridges_with_vms}
+        names = set(bridges_with_vms) | {lk.name for lk in links.values() if lk.master in masters
+                                         and lk.name not in taps and lk.kind not in ("tun", "macvtap")}
         out["ipv6_ra"] = {n: {k: ops.read_sysctl(ops.sysctl_key("net", "ipv6", "conf", n, k))
                               for k in ("forwarding", "accept_ra", "disable_ipv6")} for n in sorted(names)}
     if "evpn_fdb" in needs:  # only bridges with a vxlan port: one fdb dump each, filtered by the kernel
