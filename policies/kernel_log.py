@@ -5,13 +5,17 @@ never applied:
   adapter unexpectedly", or the stack's "NETDEV WATCHDOG ... transmit queue N timed out". While the
   adapter resets, the bridge port is disabled and every VM behind it is cut off (several Proxmox
   write-ups). The community workaround is to turn segmentation offloads off on that NIC.
-- `own_address` (risk): a bridge received a frame carrying its own MAC as source on a port — a loop
-  or a switch reflecting frames back into the uplink (the founding case's signature).
+- `own_address` (risk, only with `own_address: report`): a bridge received a frame carrying its own MAC
+  as source on a port — a loop or a switch reflecting frames back into the uplink (the founding case's
+  signature). Off by default: the kernel log is the host's, and its lines name interfaces by the names
+  they have in their own network namespace, where containers (and test labs) reuse br0/eth0; a NIC
+  hang names a physical NIC, which lives in one namespace.
 `nf_conntrack: table full` lines are conntrack_capacity's."""
 from __future__ import annotations
 
 from netmedic.model import Subject, Violation
 from netmedic.plugin import Invariant
+from netmedic.policies.config import Option
 
 HANG_KINDS = ("nic_hang", "nic_reset", "tx_timeout")
 
@@ -28,7 +32,10 @@ class KernelLog(Invariant):
     DEFAULT_ENABLED = True
     DEFAULT_MODE = "observe"  # findings only
     NEEDS = frozenset({"kernel_events"})
-    OPTIONS = {}
+    OPTIONS = {
+        "own_address": Option("ignore", "report: also report a bridge receiving its own address (a loop or a "
+                              "reflecting switch) from the kernel log", choices=("ignore", "report")),
+    }
     REMEDIES = {"nic_hang": None, "own_address": None}
     HINTS = {
         "own_address": "a loop or a switch reflecting the bridge's frames into its uplink (a round-robin bond "
@@ -45,7 +52,8 @@ class KernelLog(Invariant):
         for ev in events:
             if ev.kind in HANG_KINDS and ev.device:
                 hangs.setdefault(ev.device, []).append(ev)
-            elif ev.kind == "own_address" and ev.device and self._bridge_of(snapshot, ev.device) == \
+            elif ev.kind == "own_address" and ev.device and options.get("own_address") == "report" and \
+                    self._bridge_of(snapshot, ev.device) == \
                     ev.message.split(":", 1)[0]:  # that port of that bridge here (the log is the host's)
                 own.setdefault(ev.device, []).append(ev)
         out = []

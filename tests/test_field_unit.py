@@ -171,12 +171,13 @@ def test_own_address_counts_only_for_that_port_of_that_bridge_here():
     line = "br0: received packet on uplink0 with own address as source address (addr:02:00:00:00:00:02, vlan:0)"
     snap = snapshot(links=[bridge("br0", 2), uplink("uplink0", 3, master=2, kind="veth")])
     snap.kernel_events = [KernelEvent("own_address", "uplink0", line, 1.0)]
-    [v] = KLOG.check(snap, {})
+    assert not KLOG.check(snap, {"own_address": "ignore"}), "off by default"
+    [v] = KLOG.check(snap, {"own_address": "report"})
     assert v.kind == "own_address" and v.subject.bridge == "br0" and v.severity == "risk"
     # the kernel log is the host's: the same names in another namespace (another bridge) say nothing here
     snap = snapshot(links=[bridge("br1", 2), uplink("uplink0", 3, master=2, kind="veth")])
     snap.kernel_events = [KernelEvent("own_address", "uplink0", line, 1.0)]
-    assert not KLOG.check(snap, {})
+    assert not KLOG.check(snap, {"own_address": "report"})
 
 
 def test_a_masquerade_rule_nothing_jumps_to_does_not_count():

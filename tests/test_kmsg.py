@@ -134,6 +134,7 @@ def test_daemon_follows_the_kernel_log(topo, tmp_path, monkeypatch):
     path = tmp_path / "kmsg"
     path.write_text(record("boot noise", 1))
     monkeypatch.setenv(kmsg.ENV_PATH, str(path))
+    lab.nm.set_policy({"invariants": {"kernel_log": {"own_address": "report"}}})
     daemon = lab.nm.daemon("--resync", "3600")
     try:
         assert _wait(lambda: any(r.get("trigger") == "startup" for r in lab.nm.audit("reconciled")))
