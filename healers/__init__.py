@@ -10,18 +10,23 @@ from __future__ import annotations
 
 from netmedic import plugin
 from netmedic.healers import (
+    bridge_mac_set,
+    conntrack_raise,
     fdb_pin,
     ip_forward,
+    libvirt_reload,
     mtu_set,
     netfilter_accept,
     nft_accept,
     port_state,
     quarantine,
     reattach,
+    stp_tune,
     vlan_add,
 )
 
-BUILTIN = (fdb_pin, reattach, port_state, ip_forward, netfilter_accept, nft_accept, quarantine, mtu_set, vlan_add)
+BUILTIN = (fdb_pin, reattach, port_state, ip_forward, netfilter_accept, nft_accept, quarantine, mtu_set, vlan_add,
+           stp_tune, bridge_mac_set, conntrack_raise, libvirt_reload)
 HEALERS = {m.PLUGIN.NAME: plugin.validate_healer(m.PLUGIN) for m in BUILTIN}
 
 

@@ -664,6 +664,13 @@ class Daemon:
             if src.state == "unavailable":
                 self.note_source("libvirt", "unavailable", error=src.error,
                                  reason="using the run-state XML directories only")
+        if "kernel_events" in self.engine.needs():  # an enabled invariant reads the kernel log
+            from netmedic.sources.kmsg import KmsgSource
+
+            src = KmsgSource()
+            self.add_source(src)
+            if src.error:
+                self.note_source("kmsg", "off", error=src.error)
         for src in self.sources:
             self._source_due[id(src)] = time.monotonic()
 

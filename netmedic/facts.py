@@ -216,3 +216,17 @@ class DirectLink:
 
 
 MACVLAN_MODES = {1: "private", 2: "vepa", 4: "bridge", 8: "passthru", 16: "source"}
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelEvent:
+    """One kernel-log line netmedic recognises (netmedic.kmsg.PATTERNS)."""
+
+    kind: str  # 'nic_hang', 'nic_reset', 'tx_timeout', 'conntrack_full', 'own_address'
+    device: Optional[str]  # the interface the line names (None for conntrack)
+    message: str  # the line as the kernel logged it
+    ts: float  # seconds since boot (the kernel's timestamp)
+    seq: int = 0
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)

@@ -15,12 +15,13 @@ judged by full observations: the daemon's startup pass, its periodic resync and 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 from typing import Iterable, Optional
 
+from netmedic import facts, ops
 from netmedic import firewall as firewall_mod
-from netmedic import ops
 from netmedic.inventory import Inventory
 
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -47,6 +48,13 @@ class Snapshot:
     counters: Optional[dict] = None  # 'counters': tap name -> facts.Counters (taps whose VM MAC is not in the fdb)
     routes: Optional[dict] = None  # 'routes': (bridge, mac) -> tuple of facts.RouteLookup (the VM's known addresses)
     direct: Optional[dict] = None  # 'direct': name -> facts.DirectLink (macvlan/macvtap links)
+    bridge_addr: Optional[dict] = None  # 'bridge_addr': bridge name -> addr_assign_type (3 = set, fixed)
+    conntrack: Optional[dict] = None  # 'conntrack': count, max, buckets, max_writable, buckets_writable
+    kernel_events: Optional[list] = None  # 'kernel_events': facts.KernelEvent of the last minutes
+    evpn_fdb: Optional[dict] = None  # 'evpn_fdb': bridge with a vxlan port -> its extern_learn fdb entries
+    stp_ports: Optional[dict] = None  # 'stp_ports': bridge with VMs and STP on -> all its ports (LinkInfo)
+    libvirt_firewall: Optional[dict] = None  # 'libvirt_firewall': hostfacts.read_libvirt_firewall()
+    ipv6_ra: Optional[dict] = None  # 'ipv6_ra': VM bridge or its port -> {forwarding, accept_ra, disable_ipv6}
 
     def __post_init__(self):
         self.by_index = {link.index: link for link in self.links.values()}
@@ -144,7 +152,7 @@ def observe(netlink, inventory: Inventory, records: Optional[dict] = None,
         # Only VMs: the bridge-level facts (iptables FORWARD and nat rules, host addresses on ports,
         # dnsmasq) are for passes over whole bridges; a VM's own port VLANs stay.
         firewall = False
-        needs = set(needs) & {"port_vlans"}
+        needs = set(needs) & {"port_vlans", "stp_ports"}
 
     def wanted(nic) -> bool:
         if not nic.bridge or (only is not None and nic.bridge not in only):
@@ -256,6 +264,15 @@ def _scoped_links(netlink, inventory: Inventory, only: frozenset, narrow: dict, 
     return links
 
 
+def _v4_subnets(ips) -> list:
+    out = []
+    for ip in ips:
+        iface = ipaddress.ip_interface(ip)
+        if iface.version == 4:
+            out.append(str(iface.network))
+    return out
+
+
 def _extras(netlink, inventory: Inventory, links: dict, bridges_with_vms: set, needs: set, fdb=None,
             leases_dir: Optional[str] = None) -> dict:
     """The optional facts, each only when needed and only when there is something to look at."""
@@ -288,4 +305,29 @@ def _extras(netlink, inventory: Inventory, links: dict, bridges_with_vms: set, n
                                          {lk.index: lk.name for lk in links.values()}) if nics else {}
     if "direct" in needs:
         out["direct"] = pathfacts.direct_links(netlink) if inventory.direct_nics else {}
+    if "libvirt_firewall" in needs:  # libvirt's chains are looked at only when a masquerade is missing
+        lost = out.get("nat_rules") is not None and any(
+            not facts.masquerades(out["nat_rules"], s) for n in nat for s in _v4_subnets(n.ips))
+        out["libvirt_firewall"] = hostfacts.read_libvirt_firewall(chains=lost) if nat else None
+    bridges = sorted(n for n, lk in links.items() if lk.kind == "bridge")
+    if "bridge_addr" in needs:
+        out["bridge_addr"] = {b: hostfacts.read_addr_assign_type(b) for b in bridges}
+    if "conntrack" in needs:
+        out["conntrack"] = hostfacts.read_conntrack()
+    if "kernel_events" in needs:
+        out["kernel_events"] = hostfacts.read_kernel_events()
+    if "stp_ports" in needs:  # also in a pass narrowed to one VM: a VM start is when STP holds a port
+        out["stp_ports"] = {b: tuple(netlink.links(master=links[b].index)) for b in sorted(bridges_with_vms)
+                            if links[b].bridge is not None and links[b].bridge.stp_state}
+    if "ipv6_ra" in needs:  # the VM bridges and their non-tap ports (3 sysctls each)
+        taps = {n.tap for n in inventory.nics if n.tap}
+        masters = {links[b].index for b in bridges_with_vms}
+        names = set(bridges_with_vms) | {lk.name for lk in links.values() if lk.master in masters
+                                         and lk.name not in taps and lk.kind not in ("tun", "macvtap")}
+        out["ipv6_ra"] = {n: {k: ops.read_sysctl(ops.sysctl_key("net", "ipv6", "conf", n, k))
+                              for k in ("forwarding", "accept_ra", "disable_ipv6")} for n in sorted(names)}
+    if "evpn_fdb" in needs:  # only bridges with a vxlan port: one fdb dump each, filtered by the kernel
+        vx = {links[b].index: b for b in bridges
+              if any(lk.master == links[b].index and lk.kind == "vxlan" for lk in links.values())}
+        out["evpn_fdb"] = {b: [e for e in netlink.fdb_dump(i) if e.flags & 0x10] for i, b in vx.items()}
     return out

@@ -21,7 +21,9 @@ import sys
 from typing import Optional
 
 # The optional facts an invariant may ask observe() for (Snapshot fields read only when needed).
-FACTS = frozenset({"addresses", "port_vlans", "nat_rules", "dnsmasq", "firewall", "counters", "routes", "direct"})
+FACTS = frozenset({"addresses", "port_vlans", "nat_rules", "dnsmasq", "firewall", "counters", "routes", "direct",
+                   "bridge_addr", "conntrack", "kernel_events", "evpn_fdb", "stp_ports",
+                   "libvirt_firewall", "ipv6_ra"})
 MODES = ("observe", "enforce")
 # The hops of `netmedic diagnose` (docs/diagnose.md) a violation can be shown on. A bridged NIC's path:
 # nic, tap, port, fdb, duplicates, uplink, l3, ip, probe, dhcp; a macvtap (direct) NIC's: nic, direct
