@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from netmedic import plugin
 from netmedic.healers import (
+    bridge_mac_set,
+    conntrack_raise,
     fdb_pin,
     ip_forward,
+    libvirt_reload,
     mtu_set,
     netfilter_accept,
     nft_accept,
@@ -19,11 +22,12 @@ from netmedic.healers import (
     quarantine,
     reattach,
     reflection_guard,
+    stp_tune,
     vlan_add,
 )
 
 BUILTIN = (fdb_pin, reflection_guard, reattach, port_state, ip_forward, netfilter_accept, nft_accept, quarantine, mtu_set,
-           vlan_add)
+           vlan_add, stp_tune, bridge_mac_set, conntrack_raise, libvirt_reload)
 HEALERS = {m.PLUGIN.NAME: plugin.validate_healer(m.PLUGIN) for m in BUILTIN}
 
 

@@ -90,8 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("domain", help="libvirt domain name")
     p.add_argument("--nic", metavar="MAC|TAP", help="which NIC (default: the domain's first bridged NIC)")
     p.add_argument("--json", action="store_true", help="machine-readable report (docs/diagnose.md)")
-    p.add_argument("--probe", action="store_true", help="also send an ARP probe and capture on the uplink")
-    p.add_argument("--probe-seconds", type=float, default=1.5, metavar="S", help="capture time (default 1.5)")
+    p.add_argument("--probe", action="store_true",
+                   help="also send an ARP probe and watch the DHCP exchange on the tap, the uplinks and the bridge")
+    p.add_argument("--probe-seconds", type=float, default=1.5, metavar="S", help="ARP capture time (default 1.5)")
+    p.add_argument("--dhcp-seconds", type=float, default=12.0, metavar="S",
+                   help="DHCP watch with --probe (default 12: at least two DISCOVER retransmissions; ends at the ACK)")
+    p.add_argument("--socket", metavar="PATH", default=None,
+                   help="the daemon's socket, asked for the MAC's recent fdb moves (default: the daemon's)")
     p.add_argument("--leases-dir", default=DEFAULT_LEASES_DIR, metavar="DIR",
                    help=f"libvirt's dnsmasq lease files, *.status (default {DEFAULT_LEASES_DIR})")
 

@@ -35,6 +35,7 @@ from typing import Optional
 from netmedic import inventory, metrics, nl
 from netmedic.dispatcher import Dispatcher
 from netmedic.errors import NetmedicError
+from netmedic.fdbmoves import FdbMoves
 from netmedic.policies import config
 from netmedic.sdnotify import SdNotify
 from netmedic.settings import (
@@ -91,6 +92,7 @@ class Daemon:
         self.source_state: dict = {"netlink": {"state": "starting"}}
         self.last_events: collections.deque = collections.deque(maxlen=HISTORY)
         self.last_heals: collections.deque = collections.deque(maxlen=HISTORY)
+        self.fdb_moves = FdbMoves()  # recent fdb moves per MAC, for `netmedic diagnose`
         self.started = time.time()
         self._status_dirty = True
         self._status_written = 0.0
@@ -182,6 +184,8 @@ class Daemon:
         from netmedic.hooks import qemu as hook_qemu
 
         kind = event.get("request")
+        if kind == "fdb_moves":  # netmedic diagnose asks what the daemon saw of one MAC
+            return self.fdb_moves.answer(event.get("mac", ""))
         name = event.get("domain")
         phase = str(event.get("phase", ""))[:40]
         trigger = f"hook:{event.get('hook', 'qemu')} {phase} (daemon)"
@@ -662,6 +666,13 @@ class Daemon:
             if src.state == "unavailable":
                 self.note_source("libvirt", "unavailable", error=src.error,
                                  reason="using the run-state XML directories only")
+        if "kernel_events" in self.engine.needs():  # an enabled invariant reads the kernel log
+            from netmedic.sources.kmsg import KmsgSource
+
+            src = KmsgSource()
+            self.add_source(src)
+            if src.error:
+                self.note_source("kmsg", "off", error=src.error)
         for src in self.sources:
             self._source_due[id(src)] = time.monotonic()
 
@@ -693,6 +704,7 @@ class Daemon:
             if not events:
                 return True
             for ev in events:
+                self.fdb_moves.note(ev, self.dispatcher.index_name)
                 self.dispatcher.netlink(ev)
             count += len(events)
             self.metrics.event("netlink", len(events))  # [metrics]

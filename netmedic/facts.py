@@ -178,6 +178,61 @@ def render_rule(expr) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
+class Counters:
+    """A VM tap's interface counters (IFLA_STATS64). The tap's rx is what the guest sent, its tx what the
+    bridge delivered to the guest."""
+
+    rx_packets: int
+    tx_packets: int
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class RouteLookup:
+    """The host's route lookup (RTM_GETROUTE) for one address of a VM, and the FIB entry that matched."""
+
+    address: str  # the VM's address
+    source: str  # where the address was found: 'dhcp_lease', 'neighbour', 'guest_agent'
+    oif: Optional[str]  # the interface the host's packets to it leave through (None: no route)
+    route: str  # the matched FIB entry in plain words: "198.51.100.0/28 dev veth1 table 254"
+    gateway: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DirectLink:
+    """A macvlan/macvtap link (a VM's macvtap, or a host macvlan), with its parent (lower) device."""
+
+    name: str
+    index: int
+    kind: str  # 'macvtap' or 'macvlan'
+    mode: Optional[str]  # 'private', 'vepa', 'bridge', 'passthru', 'source'
+    parent: Optional[str]  # name of the lower device (None: not found in this namespace)
+    parent_up: bool = False
+    parent_carrier: bool = False
+    up: bool = False
+    carrier: bool = False
+    addresses: tuple = ()  # 'addr/prefix' on this link (a host macvlan that can reach the guests)
+
+
+MACVLAN_MODES = {1: "private", 2: "vepa", 4: "bridge", 8: "passthru", 16: "source"}
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelEvent:
+    """One kernel-log line netmedic recognises (netmedic.kmsg.PATTERNS)."""
+
+    kind: str  # 'nic_hang', 'nic_reset', 'tx_timeout', 'conntrack_full', 'own_address'
+    device: Optional[str]  # the interface the line names (None for conntrack)
+    message: str  # the line as the kernel logged it
+    ts: float  # seconds since boot (the kernel's timestamp)
+    seq: int = 0
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
 class BridgeGuard:
     """One bridge's part of netmedic's reflection guard (netmedic.nftguard)."""
 

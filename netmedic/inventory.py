@@ -46,11 +46,32 @@ class VmNic:
 
 
 @dataclasses.dataclass(frozen=True)
+class DirectNic:
+    """A NIC that is not on a Linux bridge: `<interface type='direct'>` (macvtap on a parent device),
+    `type='network'` on a macvtap-pool network (forward mode bridge/private/vepa/passthrough with no
+    bridge), or `type='hostdev'` (an SR-IOV VF passed through). Kept apart from Domain.nics, which every
+    other component walks as bridge ports."""
+
+    domain: str
+    uuid: str
+    mac: str
+    type: str  # 'direct', 'network' or 'hostdev'
+    dev: Optional[str] = None  # the macvtap device (<target dev>, macvtapN)
+    parent: Optional[str] = None  # <source dev>: the lower device (None for hostdev, or not yet known)
+    mode: Optional[str] = None  # 'bridge', 'vepa', 'private', 'passthrough' (libvirt's default: vepa)
+    network: Optional[str] = None
+    pci: Optional[str] = None  # hostdev: 'dddd:bb:ss.f'
+    model: Optional[str] = None
+    source_file: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Domain:
     name: str
     uuid: str
     nics: tuple  # of VmNic
     source_file: Optional[str] = None
+    direct_nics: tuple = ()  # of DirectNic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +82,11 @@ class Network:
     forward_dev: Optional[str]
     ips: tuple = ()  # 'address/prefix'
     source_file: Optional[str] = None
+    devs: tuple = ()  # <forward><interface dev>: the pool of a macvtap network
+
+    @property
+    def macvtap_pool(self) -> bool:
+        return self.bridge is None and self.forward_mode in ("bridge", "private", "vepa", "passthrough")
 
 
 @dataclasses.dataclass
@@ -77,6 +103,11 @@ class Inventory:
             cached = (len(self.domains), [n for d in self.domains.values() for n in d.nics])
             self.__dict__["_nics"] = cached
         return cached[1]
+
+    @property
+    def direct_nics(self) -> list:
+        """Every NIC that is not a bridge port (macvtap, hostdev)."""
+        return [n for d in self.domains.values() for n in d.direct_nics]
 
 
 def canonical_mac(value: str) -> str:
@@ -214,10 +245,10 @@ def parse_domain(path: str, networks: Optional[dict] = None, data: Optional[byte
     if not name:
         raise InventoryError("missing", source=path, field="domain/name")
     uuid = (dom.findtext("uuid") or "").strip()
-    nics = []
+    nics, direct = [], []
     for i, iface in enumerate(dom.findall("./devices/interface")):
         itype = iface.get("type", "")
-        if itype not in ("bridge", "network"):
+        if itype not in ("bridge", "network", "direct", "hostdev"):
             continue
         field = f"devices/interface[{i}]"
         iface_line = _line_of(text_src, "<interface", nth=i)
@@ -237,6 +268,14 @@ def parse_domain(path: str, networks: Optional[dict] = None, data: Optional[byte
             bridge = networks[network].bridge
         target = iface.find("target")
         tap = target.get("dev") if target is not None else None
+        actual = iface.find("actual")
+        pool = bool(itype == "network" and not bridge and network and networks and network in networks
+                    and networks[network].macvtap_pool)
+        if itype in ("direct", "hostdev") or pool or (actual is not None and actual.get("type") in ("direct",
+                                                                                                   "hostdev")):
+            direct.append(_direct_nic(name, uuid, mac, itype, iface, actual, network, tap, path, field,
+                                      text_src, iface_line))
+            continue
         for fname, value in (("source/@bridge", bridge), ("target/@dev", tap)):
             if value is not None and not valid_ifname(value):
                 raise InventoryError(f"not a valid interface name: {value!r}", source=path,
@@ -257,7 +296,34 @@ def parse_domain(path: str, networks: Optional[dict] = None, data: Optional[byte
                           network=network, model=model_el.get("type") if model_el is not None else None,
                           vlans=tuple(vlans), link_up=(link is None or link.get("state", "up") != "down"),
                           source_file=path))
-    return Domain(name=name, uuid=uuid, nics=tuple(nics), source_file=path)
+    return Domain(name=name, uuid=uuid, nics=tuple(nics), source_file=path, direct_nics=tuple(direct))
+
+
+def _direct_nic(domain, uuid, mac, itype, iface, actual, network, dev, path, field, text_src, line) -> DirectNic:
+    """A macvtap or hostdev NIC: its own <source> (type='direct'), or libvirt's <actual> for a network."""
+    el = actual if actual is not None else iface
+    kind = (actual.get("type") if actual is not None else None) or itype
+    src = el.find("source")
+    parent = mode = pci = None
+    if kind == "hostdev":
+        addr = src.find("address") if src is not None else None
+        if addr is not None and addr.get("type", "pci") == "pci":
+            try:
+                d, b, sl, f = (int(addr.get(k, "0"), 0) for k in ("domain", "bus", "slot", "function"))
+                pci = f"{d:04x}:{b:02x}:{sl:02x}.{f:x}"
+            except ValueError:
+                raise InventoryError("not a valid PCI address", source=path, field=f"{field}/source/address",
+                                     line=line) from None
+    elif src is not None:
+        parent, mode = src.get("dev"), src.get("mode", "vepa")
+    for fname, value in (("source/@dev", parent), ("target/@dev", dev)):
+        if value is not None and not valid_ifname(value):
+            raise InventoryError(f"not a valid interface name: {value!r}", source=path, field=f"{field}/{fname}",
+                                 line=_line_of(text_src, value, after=line))
+    model_el = iface.find("model")
+    return DirectNic(domain=domain, uuid=uuid, mac=mac, type=itype, dev=dev, parent=parent, mode=mode,
+                     network=network, pci=pci, model=model_el.get("type") if model_el is not None else None,
+                     source_file=path)
 
 
 def parse_network(path: str) -> Network:
@@ -293,8 +359,10 @@ def parse_network(path: str) -> Network:
             raise InventoryError(f"not a valid address/prefix: {exc}", source=path,
                                  field=f"network/ip[{i}]", line=_line_of(path, addr)) from None
         ips.append(f"{iface.ip}/{iface.network.prefixlen}")
+    devs = tuple(d for d in (el.get("dev") for el in (fwd.findall("interface") if fwd is not None else []))
+                 if d and valid_ifname(d))
     return Network(name=name, bridge=bridge, forward_mode=mode, forward_dev=dev, ips=tuple(ips),
-                   source_file=path)
+                   source_file=path, devs=devs)
 
 
 def _xml_files(directory: Optional[str]) -> Iterable[str]:

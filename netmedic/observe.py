@@ -15,12 +15,13 @@ judged by full observations: the daemon's startup pass, its periodic resync and 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 from typing import Iterable, Optional
 
+from netmedic import facts, ops
 from netmedic import firewall as firewall_mod
-from netmedic import ops
 from netmedic.inventory import Inventory
 
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -44,6 +45,16 @@ class Snapshot:
     dnsmasq: Optional[dict] = None  # 'dnsmasq': network name -> hostfacts.Dnsmasq
     firewall: Optional[object] = None  # 'firewall': facts.Firewall (nf_tables chains, read when it changed)
     sightings: Optional[dict] = None  # (bridge, mac) -> frames seen on the uplink (diagnose --probe)
+    counters: Optional[dict] = None  # 'counters': tap name -> facts.Counters (taps whose VM MAC is not in the fdb)
+    routes: Optional[dict] = None  # 'routes': (bridge, mac) -> tuple of facts.RouteLookup (the VM's known addresses)
+    direct: Optional[dict] = None  # 'direct': name -> facts.DirectLink (macvlan/macvtap links)
+    bridge_addr: Optional[dict] = None  # 'bridge_addr': bridge name -> addr_assign_type (3 = set, fixed)
+    conntrack: Optional[dict] = None  # 'conntrack': count, max, buckets, max_writable, buckets_writable
+    kernel_events: Optional[list] = None  # 'kernel_events': facts.KernelEvent of the last minutes
+    evpn_fdb: Optional[dict] = None  # 'evpn_fdb': bridge with a vxlan port -> its extern_learn fdb entries
+    stp_ports: Optional[dict] = None  # 'stp_ports': bridge with VMs and STP on -> all its ports (LinkInfo)
+    libvirt_firewall: Optional[dict] = None  # 'libvirt_firewall': hostfacts.read_libvirt_firewall()
+    ipv6_ra: Optional[dict] = None  # 'ipv6_ra': VM bridge or its port -> {forwarding, accept_ra, disable_ipv6}
     guard: Optional[object] = None  # 'guard': facts.GuardTable, netmedic's nf_tables reflection guard
     # What the kernel showed about itself (kept in the state, re-learned when the kernel changes):
     # 'fdb_sticky': True/False once a pin of netmedic's was read back (None: not seen yet), 'release'.
@@ -86,6 +97,15 @@ class Snapshot:
             self._nics = [n for n in self.inventory.nics if n.bridge and self.covers(n.bridge, n.domain)]
         return self._nics
 
+    def uplinks(self, bridge: Optional[str]) -> list:
+        """The ports of `bridge` that are not VM taps (the uplink bond/NIC/veth), by name."""
+        br = self.bridge(bridge)
+        if br is None:
+            return []
+        taps = {n.tap for n in self.inventory.nics if n.tap}
+        return sorted((lk for lk in self.links.values() if lk.master == br.index and lk.name not in taps),
+                      key=lambda lk: lk.name)
+
     def sysctl(self, *parts: str) -> Optional[str]:
         return self.sysctls.get(ops.sysctl_key(*parts))
 
@@ -118,7 +138,7 @@ class Snapshot:
 def observe(netlink, inventory: Inventory, records: Optional[dict] = None,
             bridges: Optional[Iterable[str]] = None, in_scope=None, firewall: bool = True,
             needs: Iterable[str] = (), domains: Optional[dict] = None, firewall_always: bool = False,
-            kernel: Optional[dict] = None) -> Snapshot:
+            leases_dir: Optional[str] = None, kernel: Optional[dict] = None) -> Snapshot:
     """One fresh observation. `bridges` limits it (links, fdb lookups, what invariants look at) to those
     bridges; `domains` (bridge -> domain names) narrows some of them to those VMs; `in_scope(bridge,
     domain)` filters the VM NICs looked up. `needs`: the optional facts to read as well ('addresses',
@@ -137,7 +157,7 @@ def observe(netlink, inventory: Inventory, records: Optional[dict] = None,
         # Only VMs: the bridge-level facts (iptables FORWARD and nat rules, host addresses on ports,
         # dnsmasq) are for passes over whole bridges; a VM's own port VLANs stay.
         firewall = False
-        needs = set(needs) & {"port_vlans", "guard"}
+        needs = set(needs) & {"port_vlans", "stp_ports", "guard"}
 
     def wanted(nic) -> bool:
         if not nic.bridge or (only is not None and nic.bridge not in only):
@@ -204,7 +224,8 @@ def observe(netlink, inventory: Inventory, records: Optional[dict] = None,
                     firewall=fw,
                     records=dict(records or {}), bridges_observed=only, domains_observed=narrow,
                     links_complete=only is None, kernel=_kernel(kernel, records or {}, links, fdb),
-                    **_extras(netlink, inventory, links, bridges_with_vms, set(needs), full=only is None))
+                    **_extras(netlink, inventory, links, bridges_with_vms, set(needs), fdb, leases_dir,
+                              full=only is None))
 
 
 def _kernel(known: Optional[dict], records: dict, links: dict, fdb: dict) -> dict:
@@ -270,10 +291,20 @@ def _scoped_links(netlink, inventory: Inventory, only: frozenset, narrow: dict, 
     return links
 
 
-def _extras(netlink, inventory: Inventory, links: dict, bridges_with_vms: set, needs: set, full: bool = True) -> dict:
+def _v4_subnets(ips) -> list:
+    out = []
+    for ip in ips:
+        iface = ipaddress.ip_interface(ip)
+        if iface.version == 4:
+            out.append(str(iface.network))
+    return out
+
+
+def _extras(netlink, inventory: Inventory, links: dict, bridges_with_vms: set, needs: set, fdb=None,
+            leases_dir: Optional[str] = None, full: bool = True) -> dict:
     """The optional facts, each only when needed and only when there is something to look at. The guard's
     table is listed again when the ruleset changed, and on every full observation (its drop counters)."""
-    from netmedic import hostfacts
+    from netmedic import hostfacts, pathfacts
 
     out: dict = {}
     if "addresses" in needs and bridges_with_vms:
@@ -293,4 +324,41 @@ def _extras(netlink, inventory: Inventory, links: dict, bridges_with_vms: set, n
     if "dnsmasq" in needs:
         out["dnsmasq"] = {n.name: hostfacts.read_dnsmasq(n.name, os.path.dirname(n.source_file))
                           for n in nat if n.ips and n.source_file}
+    if "counters" in needs:  # only taps whose guest's MAC the bridge has not learned: a guest that talks is known
+        quiet = [(n.tap, links[n.tap].index) for n in inventory.nics if n.tap in links
+                 and (n.bridge, n.mac) in (fdb or {}) and (fdb or {})[(n.bridge, n.mac)] is None]
+        out["counters"] = pathfacts.counters(netlink, quiet) if quiet else {}
+    if "routes" in needs:  # only the VMs of bridges (or NAT networks) where the host has an address
+        addrs = out.get("addresses") if out.get("addresses") is not None else netlink.addresses()
+        on_link = {b for b in bridges_with_vms if addrs.get(links[b].index)}
+        nics = [n for n in inventory.nics if n.bridge in on_link]
+        out["routes"] = pathfacts.routes(netlink, inventory, leases_dir or hostfacts.DEFAULT_LEASES_DIR, nics,
+                                         {lk.index: lk.name for lk in links.values()}) if nics else {}
+    if "direct" in needs:
+        out["direct"] = pathfacts.direct_links(netlink) if inventory.direct_nics else {}
+    if "libvirt_firewall" in needs:  # libvirt's chains are looked at only when a masquerade is missing
+        lost = out.get("nat_rules") is not None and any(
+            not facts.masquerades(out["nat_rules"], s) for n in nat for s in _v4_subnets(n.ips))
+        out["libvirt_firewall"] = hostfacts.read_libvirt_firewall(chains=lost) if nat else None
+    bridges = sorted(n for n, lk in links.items() if lk.kind == "bridge")
+    if "bridge_addr" in needs:
+        out["bridge_addr"] = {b: hostfacts.read_addr_assign_type(b) for b in bridges}
+    if "conntrack" in needs:
+        out["conntrack"] = hostfacts.read_conntrack()
+    if "kernel_events" in needs:
+        out["kernel_events"] = hostfacts.read_kernel_events()
+    if "stp_ports" in needs:  # also in a pass narrowed to one VM: a VM start is when STP holds a port
+        out["stp_ports"] = {b: tuple(netlink.links(master=links[b].index)) for b in sorted(bridges_with_vms)
+                            if links[b].bridge is not None and links[b].bridge.stp_state}
+    if "ipv6_ra" in needs:  # the VM bridges and their non-tap ports (3 sysctls each)
+        taps = {n.tap for n in inventory.nics if n.tap}
+        masters = {links[b].index for b in bridges_with_vms}
+        names = set(bridges_with_vms) | {lk.name for lk in links.values() if lk.master in masters
+                                         and lk.name not in taps and lk.kind not in ("tun", "macvtap")}
+        out["ipv6_ra"] = {n: {k: ops.read_sysctl(ops.sysctl_key("net", "ipv6", "conf", n, k))
+                              for k in ("forwarding", "accept_ra", "disable_ipv6")} for n in sorted(names)}
+    if "evpn_fdb" in needs:  # only bridges with a vxlan port: one fdb dump each, filtered by the kernel
+        vx = {links[b].index: b for b in bridges
+              if any(lk.master == links[b].index and lk.kind == "vxlan" for lk in links.values())}
+        out["evpn_fdb"] = {b: [e for e in netlink.fdb_dump(i) if e.flags & 0x10] for i, b in vx.items()}
     return out

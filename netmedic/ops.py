@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 from typing import Optional
 
@@ -149,7 +150,12 @@ class HostOps:
             self.nl.set_port(self._index(a), state=a.get("state"), learning=a.get("learning"),
                              flood=a.get("flood"))
         elif op == "set_bridge":
-            self.nl.set_bridge(self._index(a, "bridge"), nf_call_iptables=a.get("nf_call_iptables"))
+            self.nl.set_bridge(self._index(a, "bridge"), nf_call_iptables=a.get("nf_call_iptables"),
+                               stp_state=a.get("stp_state"), forward_delay=a.get("forward_delay"))
+        elif op == "set_address":
+            self.nl.set_address(self._index(a, "bridge" if "bridge" in a else "port"), a["mac"])
+        elif op == "signal":
+            self._signal(a["pid"], a["comm"], a["signal"])
         elif op == "sysctl":
             self._write_sysctl(a["key"], a["value"])
         elif op == "iptables":
@@ -167,6 +173,24 @@ class HostOps:
             nftguard.remove(a["bridge"], a["mac"], a["port"])
         else:
             raise HostError(f"unknown operation {op!r}")
+
+    @staticmethod
+    def _signal(pid: int, comm: str, name: str) -> None:
+        """Send a signal to a daemon, only if that pid still runs that program (a pid reused since the
+        plan was made is never signalled). Only SIGHUP (reload) is allowed."""
+        if name != "HUP":
+            raise HostError(f"refusing to send SIG{name}: only SIGHUP (reload) is allowed")
+        try:
+            with open(f"/proc/{int(pid)}/comm") as fh:
+                now = fh.read().strip()
+        except OSError:
+            raise HostError(f"{comm} (pid {pid}) is no longer running") from None
+        if now != comm:
+            raise HostError(f"pid {pid} is {now!r} now, not {comm}: not signalled")
+        try:
+            os.kill(int(pid), signal.SIGHUP)
+        except OSError as exc:
+            raise HostError(f"SIGHUP to {comm} (pid {pid}): {exc.strerror}") from None
 
     @staticmethod
     def _write_sysctl(key: str, value: str) -> None:

@@ -21,8 +21,15 @@ import sys
 from typing import Optional
 
 # The optional facts an invariant may ask observe() for (Snapshot fields read only when needed).
-FACTS = frozenset({"addresses", "port_vlans", "nat_rules", "dnsmasq", "firewall", "guard"})
+FACTS = frozenset({"addresses", "port_vlans", "nat_rules", "dnsmasq", "firewall", "counters", "routes", "direct",
+                   "bridge_addr", "conntrack", "kernel_events", "evpn_fdb", "stp_ports",
+                   "libvirt_firewall", "ipv6_ra", "guard"})
 MODES = ("observe", "enforce")
+# The hops of `netmedic diagnose` (docs/diagnose.md) a violation can be shown on. A bridged NIC's path:
+# nic, tap, port, fdb, duplicates, uplink, l3, ip, probe, dhcp; a macvtap (direct) NIC's: nic, direct
+# (the macvtap device and its parent), isolation (host<->guest), l3, ip, probe.
+HOP_NAMES = ("nic", "tap", "port", "fdb", "duplicates", "uplink", "l3", "ip", "probe", "dhcp", "direct",
+             "isolation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +61,10 @@ class Invariant(abc.ABC):
     HINTS: dict = {}  # violation kind -> the manual fix, for kinds netmedic does not heal
     # Kinds only an observation of every host link can judge (a scoped pass neither finds nor clears them).
     HOST_WIDE_KINDS: frozenset = frozenset()
+    # Where `netmedic diagnose` shows this invariant's violations (one of HOP_NAMES): HOPS names the hop
+    # of some kinds, HOP the hop of every other kind. Diagnose names no invariant: it reads these.
+    HOP: str = "nic"
+    HOPS: dict = {}  # violation kind -> hop name
 
     @abc.abstractmethod
     def check(self, snapshot, options: dict) -> list:
@@ -65,6 +76,10 @@ class Invariant(abc.ABC):
         if isinstance(remedy, dict):
             remedy = remedy.get(options.get("remedy"))
         return remedy
+
+    def hop(self, violation) -> str:
+        """The diagnose hop this violation belongs to."""
+        return self.HOPS.get(violation.kind, self.HOP)
 
     def hint(self, violation) -> str:
         return self.HINTS.get(violation.kind) or violation.evidence.get("fix") or "see docs/invariants.md"
@@ -132,6 +147,9 @@ def validate_invariant(inv) -> Invariant:
     unknown = set(inv.NEEDS) - FACTS
     if unknown:
         raise TypeError(f"{where}: unknown facts in NEEDS: {', '.join(sorted(unknown))}")
+    bad = {h for h in (inv.HOP, *inv.HOPS.values()) if h not in HOP_NAMES}
+    if bad:
+        raise TypeError(f"{where}: unknown diagnose hop(s) {', '.join(sorted(bad))} (known: {', '.join(HOP_NAMES)})")
     return inv
 
 

@@ -10,14 +10,25 @@ from __future__ import annotations
 
 from netmedic import plugin
 from netmedic.policies import (
+    bridge_mac,
     bridge_netfilter,
+    bridge_uplink,
+    conntrack_capacity,
+    evpn_bridge,
     fdb_ownership,
+    guest_silent,
     host_ip_on_port,
     ip_forwarding,
+    ipv6_accept_ra,
+    kernel_log,
+    macvtap_isolation,
     mtu_consistency,
     nat_network_health,
+    port_delivery,
     port_forwarding,
     remote_duplicate,
+    route_conflict,
+    stp_forward_delay,
     unique_mac,
     uplink_aggregation,
     vlan_membership,
@@ -25,7 +36,10 @@ from netmedic.policies import (
 
 # Order is the order a reconcile heals in: attach before pinning.
 BUILTIN = (port_forwarding, unique_mac, fdb_ownership, ip_forwarding, bridge_netfilter, mtu_consistency,
-           vlan_membership, uplink_aggregation, host_ip_on_port, nat_network_health, remote_duplicate)
+           vlan_membership, uplink_aggregation, host_ip_on_port, nat_network_health, remote_duplicate,
+           port_delivery, guest_silent, route_conflict, macvtap_isolation,
+           stp_forward_delay, bridge_uplink, bridge_mac, conntrack_capacity, kernel_log, evpn_bridge,
+           ipv6_accept_ra)
 INVARIANTS = {m.PLUGIN.NAME: plugin.validate_invariant(m.PLUGIN) for m in BUILTIN}
 
 

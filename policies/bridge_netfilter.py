@@ -242,6 +242,7 @@ class BridgeNetfilter(Invariant):
                          "in the iptables backend that drops, and `iifname BR oifname BR accept` at the top of "
                          "each ip/inet nf_tables forward chain that drops", choices=("accept-rule",)),
     }
+    HOP = "l3"  # netmedic diagnose shows its violations on this hop
     REMEDIES = {"bridged_traffic_dropped": "netfilter_accept", "bridged_traffic_dropped_nft": "nft_accept",
                 "bridged_traffic_dropped_l2": None}
     HINTS = {"bridged_traffic_dropped_l2": L2_HINT}

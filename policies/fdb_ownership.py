@@ -66,6 +66,8 @@ class FdbOwnership(Invariant):
                          "pin-and-guard (both), auto (pin-sticky where the kernel keeps the sticky flag, guard "
                          "where it does not)", choices=REMEDY_CHOICES),
     }
+    HOP = "fdb"  # netmedic diagnose shows its violations on this hop ...
+    HOPS = {"guard_drops": "uplink"}  # ... the guard's drops on the uplink's: something behind it sends them
     # poisoned: by the mechanism chosen (the check puts it in the evidence: `auto` resolves per host).
     REMEDIES = {"poisoned": {"pin-sticky": "fdb_pin", "guard": "reflection_guard", "pin-and-guard": "fdb_pin"},
                 "unpinned": "fdb_pin", "unguarded": "reflection_guard", "guard_drops": None}

@@ -35,6 +35,7 @@ class HostIpOnPort(Invariant):
     DEFAULT_ENABLED = True
     DEFAULT_MODE = "observe"
     OPTIONS = {}
+    HOP = "uplink"  # netmedic diagnose shows its violations on this hop
     REMEDIES = {"address_on_port": None}
     NEEDS = frozenset(("addresses",))
 

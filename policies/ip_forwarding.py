@@ -20,6 +20,7 @@ class IpForwarding(Invariant):
     DEFAULT_ENABLED = True
     DEFAULT_MODE = "enforce"
     OPTIONS = {}
+    HOP = "l3"  # netmedic diagnose shows its violations on this hop
     REMEDIES = {"forwarding_off": "ip_forward", "ipv6_forwarding_off": "ip_forward"}
 
     def check(self, snapshot, options) -> list:

@@ -14,6 +14,7 @@ class MtuConsistency(Invariant):
     DEFAULT_ENABLED = True
     DEFAULT_MODE = "enforce"  # setting a tap's MTU to its bridge's is safe
     OPTIONS = {}
+    HOP = "tap"  # netmedic diagnose shows its violations on this hop
     REMEDIES = {"mtu_mismatch": "mtu_set"}
 
     def check(self, snapshot, options) -> list:

@@ -1,7 +1,10 @@
 """nat_network_health: an active libvirt NAT network has the MASQUERADE rule for its subnet (iptables
 nat table, nft or legacy, or libvirt's own nftables table) and its dnsmasq (DHCP/DNS) running. Both
 vanish when someone flushes the firewall (`iptables -t nat -F`, a firewall reload) or kills dnsmasq;
-libvirt re-creates them when its network daemon restarts, without touching the running VMs."""
+libvirt re-creates them when its network daemon restarts, without touching the running VMs.
+Opt-in remedy (`remedy: reload-libvirt`, mode enforce) for a missing masquerade: the healer
+`libvirt_reload` asks libvirt to re-apply its rules (SIGHUP to virtnetworkd or libvirtd, libvirt's
+documented fix after a firewall reload) instead of writing rules itself."""
 from __future__ import annotations
 
 import ipaddress
@@ -9,6 +12,7 @@ import ipaddress
 from netmedic import facts
 from netmedic.model import Subject, Violation
 from netmedic.plugin import Invariant
+from netmedic.policies.config import Option
 
 RESTART = "restart libvirt's network daemon (`systemctl restart virtnetworkd`, or libvirtd on a monolithic " \
           "install): it re-creates the network's firewall rules and dnsmasq; running VMs keep their taps"
@@ -30,9 +34,13 @@ class NatNetworkHealth(Invariant):
     DESCRIPTION = "a libvirt NAT network has its MASQUERADE rule and a running dnsmasq"
     DEFAULT_ENABLED = True
     DEFAULT_MODE = "observe"  # a finding with the exact fix; libvirt owns these rules and processes
-    OPTIONS = {}
-    REMEDIES = {"masquerade_missing": None, "dnsmasq_down": None}
-    NEEDS = frozenset(("nat_rules", "dnsmasq"))
+    OPTIONS = {
+        "remedy": Option("none", "none: report only; reload-libvirt: SIGHUP libvirt's network daemon (it "
+                         "re-applies every active network's firewall rules)", choices=("none", "reload-libvirt")),
+    }
+    HOP = "l3"  # netmedic diagnose shows its violations on this hop
+    REMEDIES = {"masquerade_missing": {"none": None, "reload-libvirt": "libvirt_reload"}, "dnsmasq_down": None}
+    NEEDS = frozenset(("nat_rules", "dnsmasq", "libvirt_firewall"))
 
     def check(self, snapshot, options) -> list:
         out = []

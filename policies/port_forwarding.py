@@ -17,6 +17,8 @@ class PortForwarding(Invariant):
         "learning": Option("any", "required learning flag on VM ports (any = not checked)", choices=("any", "on", "off")),
         "flood": Option("any", "required unicast-flood flag on VM ports (any = not checked)", choices=("any", "on", "off")),
     }
+    HOP = "port"  # netmedic diagnose shows its violations on this hop
+    HOPS = {"tap_missing": "tap", "link_down": "tap", "no_carrier": "tap"}
     REMEDIES = {"detached": "reattach", "link_down": "reattach", "not_forwarding": "port_state",
                 "port_flags": "port_state", "wrong_bridge": None, "bridge_missing": None,
                 "tap_missing": None, "stp_blocking": None, "no_carrier": None}

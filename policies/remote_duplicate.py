@@ -23,6 +23,7 @@ class RemoteDuplicate(Invariant):
     DEFAULT_ENABLED = True
     DEFAULT_MODE = "observe"
     OPTIONS = {}
+    HOP = "duplicates"  # netmedic diagnose shows its violations on this hop
     REMEDIES = {"remote_duplicate": None}
 
     def check(self, snapshot, options) -> list:

@@ -21,6 +21,7 @@ class UniqueMac(Invariant):
                          "listening (it forwards and learns nothing; link untouched) until the duplicate is gone",
                          choices=("quarantine",)),
     }
+    HOP = "duplicates"  # netmedic diagnose shows its violations on this hop
     REMEDIES = {"duplicate_vm_mac": "quarantine", "host_mac_clash": None}
     HINTS = {"host_mac_clash": "give the VM (or the host interface) another MAC address",
              "duplicate_vm_mac": "give one of the VMs a new MAC (virsh edit); enforce mode quarantines the newer one"}

@@ -19,12 +19,7 @@ REMEDY_TEXT = ("use an active-backup bond (mode 1) or LACP (802.3ad, mode 4) wit
 
 def uplinks(snapshot, bridge: str) -> list:
     """The ports of `bridge` that are not VM taps (the uplink bond/NIC/veth), by name."""
-    br = snapshot.bridge(bridge)
-    if br is None:
-        return []
-    taps = {n.tap for n in snapshot.inventory.nics if n.tap}
-    return sorted((lk for lk in snapshot.links.values() if lk.master == br.index and lk.name not in taps),
-                  key=lambda lk: lk.name)
+    return snapshot.uplinks(bridge)
 
 
 def members(snapshot, bond) -> list:
@@ -37,6 +32,7 @@ class UplinkAggregation(Invariant):
     DEFAULT_ENABLED = True
     DEFAULT_MODE = "observe"  # never reconfigures: a finding only
     OPTIONS = {}
+    HOP = "uplink"  # netmedic diagnose shows its violations on this hop
     REMEDIES = {"multi_path_bond": None}
 
     def check(self, snapshot, options) -> list:

@@ -31,6 +31,7 @@ class VlanMembership(Invariant):
     DEFAULT_ENABLED = True
     DEFAULT_MODE = "enforce"  # adding a missing VLAN to a VM's own port affects only that VM
     OPTIONS = {}
+    HOP = "port"  # netmedic diagnose shows its violations on this hop
     REMEDIES = {"vlan_missing": "vlan_add"}
     NEEDS = frozenset(("port_vlans",))
 

@@ -33,6 +33,7 @@ class SeedLab:
     gw_ip: str = "203.0.113.1"
     domain: str = "seedvm"
     switch_port: str = "sw0"  # the switch's end of the uplink, where broadcasts are reflected
+    uplink_mac: str = "02:00:5e:00:53:01"  # the host's uplink0 (RFC 7042 documentation range, local bit)
 
     @property
     def tap_mac(self) -> str:
@@ -116,7 +117,9 @@ def build_seed_case(topo: Topology, workdir: str, reflect: bool = True, ipv6: bo
     topo.bridge(host, lab.bridge, stp=False)
     topo.veth(host, lab.tap, vm, "eth0", mac_a=lab.tap_mac, mac_b=lab.vm_mac)
     topo.enslave(host, lab.tap, lab.bridge)
-    topo.veth(host, lab.uplink, switch, lab.switch_port)
+    # A fixed uplink MAC below the tap's, as a NIC's burned-in address is: a random veth MAC above
+    # fe:54:... would make the bridge take the tap's MAC (a real drift, bridge_mac's) in ~1% of labs.
+    topo.veth(host, lab.uplink, switch, lab.switch_port, mac_a=lab.uplink_mac)
     topo.enslave(host, lab.uplink, lab.bridge)
     topo.bridge(switch, "swbr", stp=False)
     topo.enslave(switch, lab.switch_port, "swbr")

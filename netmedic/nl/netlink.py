@@ -498,12 +498,27 @@ class Netlink:
         self._link_set(lambda: f"set bridge port {self._name(index)} {', '.join(words)}", index,
                        attrs=[("IFLA_LINKINFO", linkinfo)])
 
-    def set_bridge(self, index: int, nf_call_iptables: Optional[bool] = None) -> None:
-        """Set bridge attributes (IFLA_BR_*)."""
-        if nf_call_iptables is None:
+    def set_bridge(self, index: int, nf_call_iptables: Optional[bool] = None, stp_state: Optional[int] = None,
+                   forward_delay: Optional[int] = None) -> None:
+        """Set bridge attributes (IFLA_BR_*). forward_delay in centiseconds, as the kernel reports it."""
+        data, words = [], []
+        if forward_delay is not None:  # before STP: turning STP on with a delay below 2 s is refused
+            data.append(["IFLA_BR_FORWARD_DELAY", int(forward_delay)])
+            words.append(f"forward_delay {int(forward_delay) / 100:g} s")
+        if stp_state is not None:
+            data.append(["IFLA_BR_STP_STATE", int(stp_state)])
+            words.append(f"stp_state {int(stp_state)}")
+        if nf_call_iptables is not None:
+            data.append(["IFLA_BR_NF_CALL_IPTABLES", 1 if nf_call_iptables else 0])
+            words.append(f"nf_call_iptables {1 if nf_call_iptables else 0}")
+        if not data:
             return
-        value = 1 if nf_call_iptables else 0
-        linkinfo = {"attrs": [["IFLA_INFO_KIND", "bridge"],
-                              ["IFLA_INFO_DATA", {"attrs": [["IFLA_BR_NF_CALL_IPTABLES", value]]}]]}
-        self._link_set(lambda: f"set nf_call_iptables {value} on bridge {self._name(index)}", index,
+        linkinfo = {"attrs": [["IFLA_INFO_KIND", "bridge"], ["IFLA_INFO_DATA", {"attrs": data}]]}
+        self._link_set(lambda: f"set {', '.join(words)} on bridge {self._name(index)}", index,
                        attrs=[("IFLA_LINKINFO", linkinfo)])
+
+    def set_address(self, index: int, mac: str) -> None:
+        """Set the link's MAC address (on a bridge this makes it fixed: addr_assign_type 3, set)."""
+        mac = _mac(mac)
+        self._link_set(lambda: f"set address of {self._name(index)} to {mac}", index,
+                       attrs=[("IFLA_ADDRESS", mac)])

@@ -189,8 +189,8 @@ def test_remote_duplicate_under_the_guard_is_reported(seed):
     diag = json.loads(proc.stdout)
     hops = {h["number"]: h for h in diag["hops"]}
     assert hops[5]["verdict"] == "broken" and "another machine" in hops[5]["summary"], hops[5]
-    assert hops[6]["verdict"] == "risk" and hops[6]["evidence"]["guard_drops"] > 0, hops[6]
-    assert hops[4]["evidence"]["remedy"]["chosen"] == "guard"
+    assert hops[6]["verdict"] == "risk" and "reflection guard" in hops[6]["summary"], hops[6]
+    assert hops[4]["evidence"]["remedies"]["fdb_ownership"]["chosen"] == "guard", hops[4]
 
 
 def test_auto_choice_on_this_kernel_is_the_sticky_pin(quiet):

@@ -21,9 +21,12 @@ PURE = {"netmedic.model", "netmedic.plugin", "netmedic.facts", "netmedic.nl.data
         "netmedic.errors"}
 # The core that must name no invariant and no healer (it works through the interface).
 CORE = ["netmedic/engine.py", "netmedic/daemon.py", "netmedic/observe.py", "netmedic/settings.py", "netmedic/sources",
+        "netmedic/diagnose",
         "hooks"]
 # Words that are a plugin's name and also something else (file, word): why it is not the plugin.
-NOT_A_PLUGIN = {("netmedic/observe.py", "ip_forward"): "the sysctl net.ipv4.ip_forward"}
+NOT_A_PLUGIN = {("netmedic/observe.py", "ip_forward"): "the sysctl net.ipv4.ip_forward",
+                ("netmedic/diagnose/hops.py", "ip_forward"): "the sysctl net.ipv4.ip_forward",
+                ("netmedic/diagnose/hops.py", "port_state"): "an evidence key: the port's STP state"}
 
 
 def _modules(folder):
