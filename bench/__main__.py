@@ -52,7 +52,7 @@ def bench_policy(path: str, workdir: str) -> str:
     subjects many times a minute on purpose (the bounds are not what is measured)."""
     with open(os.path.join(ROOT, "policies", "default.yaml")) as fh:
         data = yaml.safe_load(fh)
-    data["limits"]["rate"] = {"actions": 10000, "window": 60}  # the highest values the policy accepts
+    data["limits"]["rate"] = {"actions": 10000, "window": 60}  # the ranges policy check allows
     data["limits"]["global_rate"] = {"actions": 100000, "window": 60}
     data["limits"]["breaker"] = {"trips": 1000, "window": 600, "cooldown": 1}
     data["kill_switch_file"] = os.path.join(workdir, "kill-switch")

@@ -185,8 +185,8 @@ def _run(tl, sc: dict, workdir: str) -> dict:
         "kill_switch_file": str(wd / "kill-switch"), "scope": {"bridges": [tl.BRIDGE]},
         "invariants": {"unique_mac": {"on_start": "allow"}, "ip_forwarding": {"enabled": False},
                        "bridge_netfilter": {"enabled": False}},
-        "limits": {"rate": {"actions": 100000, "window": 60}, "global_rate": {"actions": 100000, "window": 60},
-                   "breaker": {"trips": 100000, "window": 600, "cooldown": 1}}})
+        "limits": {"rate": {"actions": 10000, "window": 60}, "global_rate": {"actions": 100000, "window": 60},
+                   "breaker": {"trips": 1000, "window": 600, "cooldown": 1}}})
     run = _Run(tl, lv, domain, nics)
     defined = False
     verified: list = []

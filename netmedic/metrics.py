@@ -27,7 +27,7 @@ from netmedic import __version__
 
 DEFAULT_PORT = 29110  # docs/monitoring.md: why this one
 TEXTFILE_INTERVAL = 10.0  # seconds between two writes of the textfile
-UP_STATES = ("listening", "connected", "watching", "polling", "waiting for NetworkManager")
+UP_STATES = ("listening", "connected", "watching", "polling", "following", "waiting for NetworkManager")
 MAX_SOURCES = 32  # a bound on the `source` label's values (a socket event names its own source)
 REPEAT_WINDOW = 3600.0  # netmedic_subject_heals_last_hour_max looks back this far
 

@@ -116,7 +116,7 @@ def test_files_are_under_the_targets_site_packages_with_its_bytecode(rpms, targe
     assert python_files and all(f.startswith(sitelib) for f in python_files), \
         [f for f in python_files if not f.startswith(sitelib)]
     sources = [f for f in files if f.startswith(sitelib + "netmedic/") and f.endswith(".py")]
-    assert len(sources) > 40 and sitelib + "netmedic/nl.py" in sources
+    assert len(sources) > 40 and sitelib + "netmedic/nl/netlink.py" in sources
     missing = []
     for src in sources:
         d, name = os.path.split(src)
