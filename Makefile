@@ -43,9 +43,7 @@ test-distro: bootstrap
 
 # Python 3.7 (the 4.19-era distributions) with the last PyPI releases for it: build/venv-py3.7,
 # made by scripts/py37-venv.sh. The tests listed need neither root nor network namespaces.
-PY37_TESTS ?= tests/test_policy.py tests/test_invariants.py tests/test_engine_unit.py tests/test_bounds.py \
-	tests/test_inventory.py tests/test_dispatcher.py tests/test_dispatcher_script.py tests/test_xmlwatch.py \
-	tests/test_portability.py
+PY37_TESTS ?= tests/unit
 test-py37:
 	@py37=$$(bash scripts/py37-venv.sh) && $$py37 -m pytest -q -p no:cacheprovider $(PY37_TESTS)
 
