@@ -6,17 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PKGS="iproute2 iptables procps python3-pyroute2 python3-structlog python3-yaml python3-pytest python3-venv"
-missing=""
-for p in $APT_PKGS; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
-done
-if [ -n "$missing" ]; then
-    echo "bootstrap: apt-get install$missing"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >/dev/null
-    apt-get install -y -qq --no-install-recommends $missing >/dev/null
-fi
+. scripts/apt-ensure.sh
+apt_ensure bootstrap iproute2 iptables procps python3-pyroute2 python3-structlog python3-yaml python3-pytest python3-venv
 
 PY=${NETMEDIC_PYTHON:-python3}
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import pyroute2, structlog, yaml, pytest' 2>/dev/null; then

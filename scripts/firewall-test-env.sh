@@ -11,24 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PKGS="nftables python3-nftables firewalld iptables"
-missing=""
-for p in $APT_PKGS; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
-done
-if [ -n "$missing" ]; then
-    echo "firewall-test-env: apt-get install$missing"
-    export DEBIAN_FRONTEND=noninteractive
-    own_policy=""
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
-        chmod 755 /usr/sbin/policy-rc.d
-        own_policy=1
-    fi
-    trap '[ -n "$own_policy" ] && rm -f /usr/sbin/policy-rc.d' EXIT
-    apt-get update -qq >/dev/null
-    apt-get install -y -qq --no-install-recommends $missing >/dev/null
-fi
+. "$(dirname "$0")/apt-ensure.sh"
+apt_ensure firewall-test-env nftables python3-nftables firewalld iptables
 
 # The .venv sees the distro's nftables module through a directory holding only a symlink to it.
 if [ -x .venv/bin/python ] && ! .venv/bin/python -c 'import nftables' 2>/dev/null; then

@@ -10,28 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PKGS="libvirt-daemon-system qemu-system-x86 libvirt-dev pkg-config dnsmasq-base iptables python3-libvirt gcc busybox"
-missing=""
-for p in $APT_PKGS; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
-done
-if [ -n "$missing" ]; then
-    echo "libvirt-test-env: apt-get install$missing"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >/dev/null
-    # policy-rc.d: never let a maintainer script start a daemon on this (shared) machine.
-    prc=/usr/sbin/policy-rc.d
-    own_prc=""
-    if [ ! -e "$prc" ]; then
-        printf '#!/bin/sh\nexit 101\n' >"$prc"
-        chmod 755 "$prc"
-        own_prc=1
-    fi
-    rc=0
-    apt-get install -y -qq --no-install-recommends $missing >/dev/null || rc=$?
-    if [ -n "$own_prc" ]; then rm -f "$prc"; fi
-    [ "$rc" -eq 0 ] || exit "$rc"
-fi
+. "$(dirname "$0")/apt-ensure.sh"
+apt_ensure libvirt-test-env libvirt-daemon-system qemu-system-x86 libvirt-dev pkg-config dnsmasq-base iptables python3-libvirt gcc busybox
 
 # The end-to-end guest (tests/integration/test_e2e_guest.py): a Debian cloud kernel and busybox-static, fetched as
 # .debs and unpacked into a cache directory, NOT installed: installing a kernel package runs

@@ -16,17 +16,8 @@ if [ "$(id -u)" != 0 ]; then
     echo "systemd-test-env: needs root" >&2
     exit 1
 fi
-missing=""
-for p in debootstrap systemd-container; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
-done
-if [ -n "$missing" ]; then
-    echo "systemd-test-env: apt-get install$missing"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >/dev/null
-    # shellcheck disable=SC2086
-    apt-get install -y -qq --no-install-recommends $missing >/dev/null
-fi
+. "$(dirname "$0")/apt-ensure.sh"
+apt_ensure systemd-test-env debootstrap systemd-container
 
 if [ -f "$CACHE/.netmedic-complete" ]; then
     exit 0

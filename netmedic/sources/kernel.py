@@ -41,17 +41,24 @@ _RTA = struct.Struct("=HH")
 _I32 = struct.Struct("=i")
 
 
-def parse_netconf(data, end: Optional[int] = None) -> list:
-    """[(family 'ipv4'/'ipv6', ifindex, forwarding value or None, only_forwarding)] from a datagram.
-    `only_forwarding`: the message reports that one setting (a sysctl write), not a whole device's
-    configuration (a new interface)."""
+def _messages(data, end: Optional[int]):
+    """(offset, length, type) of each whole netlink message in a datagram."""
     end = len(data) if end is None else end
-    out = []
     off = 0
     while off + 16 <= end:
         length, kind, _flags, _seq, _pid = _HDR.unpack_from(data, off)
         if length < 16 or off + length > end:
-            break
+            return
+        yield off, length, kind
+        off += (length + 3) & ~3
+
+
+def parse_netconf(data, end: Optional[int] = None) -> list:
+    """[(family 'ipv4'/'ipv6', ifindex, forwarding value or None, only_forwarding)] from a datagram.
+    `only_forwarding`: the message reports that one setting (a sysctl write), not a whole device's
+    configuration (a new interface)."""
+    out = []
+    for off, length, kind in _messages(data, end):
         if kind == RTM_NEWNETCONF and length >= 20:
             family = data[off + 16]
             ifindex = fwd = None
@@ -72,7 +79,6 @@ def parse_netconf(data, end: Optional[int] = None) -> list:
             fam = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}.get(family)
             if fam and ifindex is not None:
                 out.append((fam, ifindex, fwd, others == 0))
-        off += (length + 3) & ~3
     return out
 
 
@@ -81,13 +87,8 @@ def parse_nft(data, end: Optional[int] = None) -> list:
     notifications in a datagram (generation/pid/name only on NFT_MSG_NEWGEN)."""
     from netmedic.firewall import parse_gen
 
-    end = len(data) if end is None else end
     out = []
-    off = 0
-    while off + 16 <= end:
-        length, kind, _flags, _seq, _pid = _HDR.unpack_from(data, off)
-        if length < 16 or off + length > end:
-            break
+    for off, length, kind in _messages(data, end):
         if kind >> 8 == NFNL_SUBSYS_NFTABLES:
             msg = kind & 0xFF
             if msg == NFT_MSG_NEWGEN:
@@ -95,7 +96,6 @@ def parse_nft(data, end: Optional[int] = None) -> list:
                 out.append((msg, gen, pid, name))
             else:
                 out.append((msg, None, None, None))
-        off += (length + 3) & ~3
     return out
 
 
