@@ -300,8 +300,8 @@ class Engine:
         return out
 
     def _intend(self, plan: Plan) -> dict:
-        """Ownership survives any crash: what the plan will create is on disk (fsync'd), marked pending,
-        before a step touches the host. After a crash the record is there whatever happened: a pin that
+        """Ownership survives any crash: what the plan will create is on disk (the state's intent journal,
+        fsync'd), marked pending, before a step touches the host. After a crash the record is there whatever happened: a pin that
         was made is netmedic's (a later pass keeps it or releases it through its healer), one that was
         not is planned again under the same key, and a quarantine keeps the port's state from before the
         first change. Protection comes before bookkeeping: a state that cannot be written (full disk)
@@ -310,7 +310,7 @@ class Engine:
         if plan.records:
             for rec in plan.records:
                 self.state.records[rec["key"]] = self._record(rec, pending=True)
-            self.state.persist()
+            self.state.intend([self.state.records[rec["key"]] for rec in plan.records])
         return prior
 
     def _abandon(self, prior: dict) -> None:

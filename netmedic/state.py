@@ -43,6 +43,10 @@ class State:
     def __init__(self, directory: str = DEFAULT_STATE_DIR):
         self.directory = directory
         self.path = os.path.join(directory, "state.json")
+        # Intents (what a heal is about to create) are appended here, fsync'd, before the host changes: a
+        # few hundred bytes instead of the whole state; folded into state.json by the next save.
+        self.journal = os.path.join(directory, "intents.jsonl")
+        self._intents_upto = 0  # the newest intent (its sequence number) state.json accounts for
         self.records: dict = {}
         self.guard: dict = {}
         self.kernel: dict = {}
@@ -72,6 +76,8 @@ class State:
         data = {"version": 1, "records": self.records, "guard": self.guard}
         if self.kernel:
             data["kernel"] = self.kernel
+        if self._intents_upto:
+            data["intents_upto"] = self._intents_upto
         return data
 
     def _serialize(self) -> str:
@@ -85,6 +91,8 @@ class State:
                           for k, g in self.guard.items()}}
         if self.kernel:
             data["kernel"] = json.loads(json.dumps(self.kernel))
+        if self._intents_upto:
+            data["intents_upto"] = self._intents_upto
         return data
 
     def _signature(self) -> Optional[tuple]:
@@ -111,7 +119,7 @@ class State:
 
     def _load(self) -> None:
         sig = self._signature()
-        if sig is not None and sig == self._sig and self._unchanged():
+        if sig is not None and sig == self._sig and self._unchanged() and not os.path.exists(self.journal):
             self._base = dict(self.records)
             return
         self._sig = self._pristine = None
@@ -147,6 +155,8 @@ class State:
         self.guard = {k: g for k, g in guard.items() if k not in wrong_guard}
         kernel = data.get("kernel")
         self.kernel = kernel if isinstance(kernel, dict) else {}
+        upto = data.get("intents_upto", 0)
+        self._intents_upto = upto if _num(upto) else 0
         if bad:
             self._move_aside("; ".join(bad))
             self._loaded = None  # write the valid part back
@@ -164,10 +174,57 @@ class State:
             self.guard = self._unsaved["guard"]
             self._loaded = None
         self._base = dict(self.records)  # (records are replaced, never changed in place)
+        self._read_journal()
+
+    def _read_journal(self) -> None:
+        """Intents a process wrote and never folded into state.json (it was killed, or could not save):
+        their records come back pending, for the next pass to adopt or release (netmedic.engine)."""
+        try:
+            with open(self.journal, encoding="utf-8") as fh:
+                lines = fh.read().splitlines()
+        except OSError:
+            return
+        for line in lines:
+            try:
+                entry = json.loads(line)
+                seq, rec = entry["seq"], entry["record"]
+            except (ValueError, TypeError, KeyError):
+                continue  # a line cut short by the crash itself
+            if not _num(seq) or seq <= self._intents_upto or not _valid_record(rec.get("key"), rec):
+                continue
+            if rec["key"] not in self.records:
+                self.records[rec["key"]] = dict(rec, pending=True)
+            self._intents_upto = max(self._intents_upto, seq)
+            self._pristine = None  # to be folded into state.json by the next save
+
+    def intend(self, records: list) -> None:
+        """Append intents to the journal and fsync it, inside locked(), before the host changes. A write
+        that fails does not stop the caller (protection before bookkeeping): it is reported once."""
+        lines = []
+        for rec in records:
+            self._intents_upto = max(time.time_ns(), self._intents_upto + 1)
+            lines.append(json.dumps({"seq": self._intents_upto, "record": rec}, separators=(",", ":")))
+        try:
+            fd = os.open(self.journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+            try:
+                os.write(fd, ("\n".join(lines) + "\n").encode("utf-8"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            if self.save_error is None:
+                self.save_error = f"{self.journal}: {exc.strerror or exc}"
+                self._say("state_degraded", error=self.save_error, level="alert",
+                          reason="intents kept in memory; the heal goes on")
+
+    def _fold_journal(self) -> None:
+        """state.json now accounts for every intent: the journal can go."""
+        with contextlib.suppress(OSError):
+            os.unlink(self.journal)
 
     def _save(self) -> None:
         if self._unchanged():
-            return  # nothing changed: no write, no fsync
+            return  # nothing changed: no write, no fsync (and no journal: intents change the data)
         text = self._serialize()
         if text == self._loaded:
             return
@@ -196,18 +253,11 @@ class State:
             return
         self._loaded = text
         self._sig, self._pristine = self._signature(), self._copy()
+        self._fold_journal()
         if self.save_error is not None:
             self._say("state_recovered", was=self.save_error)
         self.save_error = self._unsaved = None
         self._base = dict(self.records)  # (records are replaced, never changed in place)
-
-    def persist(self) -> None:
-        """Write now (fsync'd), inside locked(): what netmedic is about to create is on disk before the
-        host changes. A write that fails does not stop the caller (protection before bookkeeping)."""
-        try:
-            self._save()
-        except OSError:
-            pass  # the state stays in this process; the save at the end of the pass tries again
 
     @contextlib.contextmanager
     def locked(self, write: bool = True):
@@ -239,7 +289,7 @@ class State:
 
     def read(self) -> State:
         """A consistent read without keeping the lock; creates nothing when there is no state yet."""
-        if not os.path.exists(self.path) and self._unsaved is None:
+        if not os.path.exists(self.path) and not os.path.exists(self.journal) and self._unsaved is None:
             self.records, self.guard, self.kernel = {}, {}, {}
             return self
         with self.locked(write=False):

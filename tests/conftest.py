@@ -93,11 +93,10 @@ class Netmedic:
         return [r for r in recs if event is None or r["event"] == event]
 
     def records(self) -> dict:
-        path = os.path.join(self.state_dir, "state.json")
-        if not os.path.exists(path):
-            return {}
-        with open(path) as fh:
-            return json.load(fh)["records"]
+        """netmedic's records as netmedic reads them (state.json and its intent journal)."""
+        from netmedic.state import State
+
+        return dict(State(self.state_dir).read().records)
 
 
 @pytest.fixture
