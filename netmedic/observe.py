@@ -115,12 +115,16 @@ class Snapshot:
     def mac_users(self, mac: str) -> list:
         """Every VM NIC of the inventory with this MAC (not only the observed ones), oldest first: by tap
         ifindex (a later-created tap is the newer NIC), a NIC whose tap is missing last."""
-        if self._users is None:
-            users: dict = {}
+        if self._users is None:  # one index for the pass; a MAC's users are sorted when first asked
+            self._users = {}
             for nic in self.inventory.nics:
-                users.setdefault(nic.mac, []).append(nic)
-            self._users = {m: sorted(n, key=self._age) for m, n in users.items()}
-        return self._users.get(mac, [])
+                self._users.setdefault(nic.mac, []).append(nic)
+            self._sorted: set = set()
+        users = self._users.get(mac, [])
+        if len(users) > 1 and mac not in self._sorted:
+            users.sort(key=self._age)
+            self._sorted.add(mac)
+        return users
 
     def mac_owner(self, bridge: Optional[str], mac: str):
         """The NIC that owns `mac` on `bridge`: of the NICs there sharing it (clones), the oldest. The one

@@ -29,7 +29,10 @@ class UniqueMac(Invariant):
 
     def check(self, snapshot, options) -> list:
         out = []
-        by_mac = {nic.mac: snapshot.mac_users(nic.mac) for nic in snapshot.inventory.nics}
+        # Only the MACs of the NICs this observation covers can yield a violation (a pass narrowed to
+        # one VM looks at that VM's MACs, not at the host's thousand).
+        macs = {nic.mac for nic in snapshot.inventory.nics if snapshot.covers(nic.bridge, nic.domain)}
+        by_mac = {mac: snapshot.mac_users(mac) for mac in macs}
         for mac, nics in sorted(by_mac.items()):
             if len(nics) < 2:
                 continue
