@@ -36,10 +36,10 @@ unit:
 	$(DISTRO_PY) -m pytest -q -p no:cacheprovider tests/unit $(PYTEST_ARGS)
 
 test-latest: bootstrap
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 test-distro: bootstrap
-	$(DISTRO_PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(DISTRO_PY) -m pytest -q -p no:cacheprovider -m "not soak" --durations=15 $(PYTEST_ARGS)
 
 # Python 3.7 (the 4.19-era distributions) with the last PyPI releases for it: build/venv-py3.7,
 # made by scripts/py37-venv.sh. The tests listed need neither root nor network namespaces.

@@ -34,6 +34,7 @@ def _port_state(topo, ns, dev):
     return topo.link(ns, dev)["linkinfo"]["info_slave_data"]["state"]
 
 
+@pytest.mark.soak
 @pytest.mark.parametrize("mode", ["observe", "enforce"])
 def test_a_talking_clone_never_takes_the_original_mac(quiet, tmp_path, mode):
     lab, topo = quiet, quiet.topo

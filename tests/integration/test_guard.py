@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 
+import pytest
 from conftest import ROOT, fdb_entry, is_sticky_pin, nm_env
 
 from netmedic.lab import tap_mac_for, write_domain_xml
@@ -57,6 +58,7 @@ def _keep_broadcasting(lab, stop: threading.Event):
         lab.forget_gateway()
 
 
+@pytest.mark.soak
 def test_guard_holds_the_seed_case_for_60_s(seed):
     """remedy: guard, daemon running: the poisoned seed case is healed and held for 60 s of reflection
     with 0 lost replies; the VM's entry stays a plain dynamic one on its tap; the drops are reported."""

@@ -387,6 +387,7 @@ def test_sd_notify_plain_datagram(tmp_path, abstract, monkeypatch):
 
 # --- 4. a breaker that tells a fight from a routine -------------------------------------------------
 @root
+@pytest.mark.soak
 def test_a_fight_trips_the_breaker_once_and_it_closes_when_the_fight_stops(quiet):
     """Something detaches the tap every 200 ms for 30 s (another agent fighting netmedic): with the
     shipped limits the breaker opens once, audited, netmedic stops fighting; when the fight stops the
