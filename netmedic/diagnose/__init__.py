@@ -144,7 +144,7 @@ def diagnose(domain: str, nic: Optional[str] = None, domain_dir: Optional[str] =
 
 
 def _remedies(snap, policy, hops) -> None:
-    """What a host-dependent remedy option resolves to here (Invariant.choice: fdb_ownership's `auto` ->
+    """What a host-dependent remedy option resolves to here (Invariant.choice: a `remedy: auto` ->
     pin-sticky or guard), on the invariant's hop, once the kernel's answer settled it or the policy forces it."""
     by_name = {h.name: h for h in hops}
     for name, inv in INVARIANTS.items():
