@@ -93,6 +93,13 @@ def _covered(key: str, bridge, domain, bridges: set, domains: Optional[dict]) ->
     return narrow is None or domain in narrow
 
 
+def _filled(family, items: dict):
+    """A metric family with one sample per item (labels: a tuple of values, or one value)."""
+    for labels, n in sorted(items.items()):
+        family.add_metric(list(labels) if isinstance(labels, tuple) else [labels], n)
+    return family
+
+
 class Metrics:
     def __init__(self, clock=time.time, monotonic=time.monotonic):
         self.clock, self.monotonic = clock, monotonic
@@ -356,35 +363,20 @@ class Metrics:
         for labels, n in sorted(counts.items()):
             g.add_metric(list(labels), n)
         yield g
-        c = CounterMetricFamily("netmedic_heals", "Fixes applied, by result (healed, failed, rolled_back, "
-                                "superseded)", labels=["invariant", "healer", "result"])
-        for labels, n in sorted(heals.items()):
-            c.add_metric(list(labels), n)
-        yield c
-        c = CounterMetricFamily("netmedic_rollbacks", "Fixes undone (verification failed, or a step failed)",
-                                labels=["invariant", "healer"])
-        for labels, n in sorted(rollbacks.items()):
-            c.add_metric(list(labels), n)
-        yield c
-        g = GaugeMetricFamily("netmedic_breaker_open", "Subjects whose circuit breaker is open (healing paused)",
-                              labels=["invariant"])
-        for inv, n in sorted(breaker.items()):
-            g.add_metric([inv], n)
-        yield g
-        g = GaugeMetricFamily("netmedic_subject_heals_last_hour_max",
+        yield _filled(CounterMetricFamily("netmedic_heals", "Fixes applied, by result (healed, failed, rolled_back, "
+                                "superseded)", labels=["invariant", "healer", "result"]), heals)
+        yield _filled(CounterMetricFamily("netmedic_rollbacks", "Fixes undone (verification failed, or a step failed)",
+                                labels=["invariant", "healer"]), rollbacks)
+        yield _filled(GaugeMetricFamily("netmedic_breaker_open", "Subjects whose circuit breaker is open (healing paused)",
+                              labels=["invariant"]), breaker)
+        yield _filled(GaugeMetricFamily("netmedic_subject_heals_last_hour_max",
                               "The most fixes one subject of this invariant needed within the last hour",
-                              labels=["invariant"])
-        for inv, n in sorted(repeats.items()):
-            g.add_metric([inv], n)
-        yield g
+                              labels=["invariant"]), repeats)
         yield GaugeMetricFamily("netmedic_kill_switch_active", "1 while the kill switch file exists",
                                 value=int(killed))
         yield GaugeMetricFamily("netmedic_dry_run", "1 when the daemon only plans (dry run)", value=int(dry_run))
-        c = CounterMetricFamily("netmedic_passes", "Engine passes, full or scoped, ok or failed",
-                                labels=["scope", "outcome"])
-        for labels, n in sorted(passes.items()):
-            c.add_metric(list(labels), n)
-        yield c
+        yield _filled(CounterMetricFamily("netmedic_passes", "Engine passes, full or scoped, ok or failed",
+                                labels=["scope", "outcome"]), passes)
         h = HistogramMetricFamily("netmedic_pass_duration_seconds", "Duration of one engine pass",
                                   labels=["scope"])
         for scope, hist in sorted(hists.items()):
@@ -405,10 +397,7 @@ class Metrics:
         for name, (up, state) in sorted(sources.items()):
             g.add_metric([name, state], int(up))
         yield g
-        c = CounterMetricFamily("netmedic_events", "Notifications received per event source", labels=["source"])
-        for name, n in sorted(events.items()):
-            c.add_metric([name], n)
-        yield c
+        yield _filled(CounterMetricFamily("netmedic_events", "Notifications received per event source", labels=["source"]), events)
         g = GaugeMetricFamily("netmedic_event_last_timestamp_seconds", "Time of the last notification per source",
                               labels=["source"])
         for name, t in sorted(last_event.items()):
