@@ -204,6 +204,31 @@ class Libvirt:
     def destroy(self, name):
         self.virsh("destroy", name, check=False)
 
+    def remove_network(self, net, natbr):
+        """A libvirt network of the test's, gone with everything libvirt left of it (its dnsmasq by PID
+        when net-destroy did not end it, its files, its port directory)."""
+        pidfile = f"/run/libvirt/network/{net}.pid"
+        self.virsh("net-destroy", net, check=False)
+        self.virsh("net-undefine", net, check=False)
+        try:  # libvirt's dnsmasq for our network, should net-destroy not have ended it
+            with open(pidfile) as fh:
+                pid = int(fh.read().strip())
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if f"/{net}.conf".encode() in fh.read():
+                    os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+        for leftover in (f"/var/lib/libvirt/dnsmasq/{natbr}.status", f"/var/lib/libvirt/dnsmasq/{net}.conf",
+                         f"/var/lib/libvirt/dnsmasq/{net}.hostsfile", f"/var/lib/libvirt/dnsmasq/{net}.addnhosts",
+                         f"/etc/libvirt/qemu/networks/{net}.xml", f"/run/libvirt/network/{net}.xml", pidfile):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+        for leftover in (f"/run/libvirt/network/{net}/ports", f"/run/libvirt/network/{net}"):
+            try:  # the (empty) port directory libvirt keeps for the network after net-undefine
+                os.rmdir(leftover)
+            except OSError:
+                pass
+
     def pin(self, mac):
         return fdb_entry(self.topo, self.ns, BRIDGE, mac)
 
@@ -563,27 +588,7 @@ def test_vm_ip_from_a_real_dnsmasq_lease(lv, clean):
             assert [lease["ip-address"] for lease in json.load(fh) if lease["mac-address"] == mac] == [ev["address"]]
     finally:
         lv.destroy(name)
-        pidfile = f"/run/libvirt/network/{net}.pid"
-        lv.virsh("net-destroy", net, check=False)
-        lv.virsh("net-undefine", net, check=False)
-        try:  # libvirt's dnsmasq for our network, should net-destroy not have ended it
-            with open(pidfile) as fh:
-                pid = int(fh.read().strip())
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                if f"/{net}.conf".encode() in fh.read():
-                    os.kill(pid, signal.SIGKILL)
-        except (OSError, ValueError):
-            pass
-        for leftover in (f"/var/lib/libvirt/dnsmasq/{natbr}.status", f"/var/lib/libvirt/dnsmasq/{net}.conf",
-                         f"/var/lib/libvirt/dnsmasq/{net}.hostsfile", f"/var/lib/libvirt/dnsmasq/{net}.addnhosts",
-                         f"/etc/libvirt/qemu/networks/{net}.xml", f"/run/libvirt/network/{net}.xml", pidfile):
-            if os.path.exists(leftover):
-                os.unlink(leftover)
-        for leftover in (f"/run/libvirt/network/{net}/ports", f"/run/libvirt/network/{net}"):
-            try:  # the (empty) port directory libvirt keeps for the network after net-undefine
-                os.rmdir(leftover)
-            except OSError:
-                pass
+        lv.remove_network(net, natbr)
 
 
 def test_twenty_vms_at_once_through_a_daemon_kill_a_bridge_rebuild_and_a_libvirtd_restart(lv, clean):

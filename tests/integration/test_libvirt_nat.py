@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 
 import pytest
@@ -120,24 +119,4 @@ def test_flushed_nat_rules_are_reapplied_by_libvirt(lvnet, tmp_path):
         assert len([r for r in lv.audit("healed") if r["invariant"] == "nat_network_health"]) == 1
         assert lv.procs["libvirtd"].poll() is None
     finally:
-        pidfile = f"/run/libvirt/network/{net}.pid"
-        lv.virsh("net-destroy", net, check=False)
-        lv.virsh("net-undefine", net, check=False)
-        try:  # libvirt's dnsmasq for our network, should net-destroy not have ended it
-            with open(pidfile) as fh:
-                pid = int(fh.read().strip())
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                if f"/{net}.conf".encode() in fh.read():
-                    os.kill(pid, signal.SIGKILL)
-        except (OSError, ValueError):
-            pass
-        for leftover in (f"/var/lib/libvirt/dnsmasq/{natbr}.status", f"/var/lib/libvirt/dnsmasq/{net}.conf",
-                         f"/var/lib/libvirt/dnsmasq/{net}.hostsfile", f"/var/lib/libvirt/dnsmasq/{net}.addnhosts",
-                         f"/etc/libvirt/qemu/networks/{net}.xml", f"/run/libvirt/network/{net}.xml", pidfile):
-            if os.path.exists(leftover):
-                os.unlink(leftover)
-        for leftover in (f"/run/libvirt/network/{net}/ports", f"/run/libvirt/network/{net}"):
-            try:
-                os.rmdir(leftover)
-            except OSError:
-                pass
+        lv.remove_network(net, natbr)
