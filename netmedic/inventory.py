@@ -11,6 +11,7 @@ other files are still read.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import os
 import re
@@ -251,16 +252,17 @@ def parse_domain(path: str, networks: Optional[dict] = None, data: Optional[byte
         if itype not in ("bridge", "network", "direct", "hostdev"):
             continue
         field = f"devices/interface[{i}]"
-        iface_line = _line_of(text_src, "<interface", nth=i)
+        # the interface's line, looked up only for an error (it re-reads the file)
+        iface_line = functools.partial(_line_of, text_src, "<interface", nth=i)
         mac_el = iface.find("mac")
         if mac_el is None or not mac_el.get("address"):
             raise InventoryError("missing <mac address>", source=path, field=f"{field}/mac",
-                                 line=iface_line)
+                                 line=iface_line())
         try:
             mac = canonical_mac(mac_el.get("address", ""))
         except ValueError as exc:
             raise InventoryError(str(exc), source=path, field=f"{field}/mac/@address",
-                                 line=_line_of(text_src, mac_el.get("address", ""), after=iface_line)) from None
+                                 line=_line_of(text_src, mac_el.get("address", ""), after=iface_line())) from None
         src = iface.find("source")
         bridge = src.get("bridge") if src is not None else None
         network = src.get("network") if src is not None else None
@@ -279,7 +281,7 @@ def parse_domain(path: str, networks: Optional[dict] = None, data: Optional[byte
         for fname, value in (("source/@bridge", bridge), ("target/@dev", tap)):
             if value is not None and not valid_ifname(value):
                 raise InventoryError(f"not a valid interface name: {value!r}", source=path,
-                                     field=f"{field}/{fname}", line=_line_of(text_src, value, after=iface_line))
+                                     field=f"{field}/{fname}", line=_line_of(text_src, value, after=iface_line()))
         model_el = iface.find("model")
         vlans = []
         for tag in iface.findall("./vlan/tag"):
@@ -289,7 +291,7 @@ def parse_domain(path: str, networks: Optional[dict] = None, data: Optional[byte
                     raise ValueError
             except ValueError:
                 raise InventoryError(f"VLAN id {tag.get('id')!r} is not 1..4094", source=path,
-                                     field=f"{field}/vlan/tag/@id", line=iface_line) from None
+                                     field=f"{field}/vlan/tag/@id", line=iface_line()) from None
             vlans.append(vid)
         link = iface.find("link")
         nics.append(VmNic(domain=name, uuid=uuid, mac=mac, type=itype, bridge=bridge, tap=tap,
@@ -299,7 +301,8 @@ def parse_domain(path: str, networks: Optional[dict] = None, data: Optional[byte
     return Domain(name=name, uuid=uuid, nics=tuple(nics), source_file=path, direct_nics=tuple(direct))
 
 
-def _direct_nic(domain, uuid, mac, itype, iface, actual, network, dev, path, field, text_src, line) -> DirectNic:
+def _direct_nic(domain, uuid, mac, itype, iface, actual, network, dev, path, field, text_src,
+                line_of) -> DirectNic:
     """A macvtap or hostdev NIC: its own <source> (type='direct'), or libvirt's <actual> for a network."""
     el = actual if actual is not None else iface
     kind = (actual.get("type") if actual is not None else None) or itype
@@ -313,13 +316,13 @@ def _direct_nic(domain, uuid, mac, itype, iface, actual, network, dev, path, fie
                 pci = f"{d:04x}:{b:02x}:{sl:02x}.{f:x}"
             except ValueError:
                 raise InventoryError("not a valid PCI address", source=path, field=f"{field}/source/address",
-                                     line=line) from None
+                                     line=line_of()) from None
     elif src is not None:
         parent, mode = src.get("dev"), src.get("mode", "vepa")
     for fname, value in (("source/@dev", parent), ("target/@dev", dev)):
         if value is not None and not valid_ifname(value):
             raise InventoryError(f"not a valid interface name: {value!r}", source=path, field=f"{field}/{fname}",
-                                 line=_line_of(text_src, value, after=line))
+                                 line=_line_of(text_src, value, after=line_of()))
     model_el = iface.find("model")
     return DirectNic(domain=domain, uuid=uuid, mac=mac, type=itype, dev=dev, parent=parent, mode=mode,
                      network=network, pci=pci, model=model_el.get("type") if model_el is not None else None,

@@ -39,8 +39,15 @@ PATTERNS = (
 )
 
 
+# One scan that rejects nearly every line of a kernel log (the patterns above are tried only on a hit): the
+# ring buffer of a busy host holds thousands of lines, and a pass reads it all.
+_ANY = re.compile(r"Hang|Reset adapter|NETDEV WATCHDOG|table full|own address")
+
+
 def classify(message: str, ts: float = 0.0, seq: int = 0) -> Optional[KernelEvent]:
     """The KernelEvent of one kernel-log message, or None when netmedic does not know the line."""
+    if _ANY.search(message) is None:
+        return None
     for kind, pattern in PATTERNS:
         m = pattern.search(message)
         if m:
@@ -52,7 +59,7 @@ def parse_record(text: str) -> Optional[KernelEvent]:
     """One /dev/kmsg record (header `PRIO,SEQ,TS_USEC,FLAGS;MESSAGE`) -> KernelEvent or None."""
     line = text.split("\n", 1)[0]
     head, sep, message = line.partition(";")
-    if not sep:
+    if not sep or _ANY.search(message) is None:
         return None
     fields = head.split(",")
     try:

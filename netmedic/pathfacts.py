@@ -25,9 +25,17 @@ def _errors():
 
 
 def _ipr(netlink):
-    """The pyroute2 socket of a netmedic.nl.Netlink; None for a netlink without one (a test's fake host:
-    these facts are then absent, and the invariants that need them judge nothing)."""
-    return getattr(netlink, "ipr", None) if not isinstance(netlink, type) else None
+    """The pyroute2 socket of a netmedic.nl.Netlink (opened by this call if it was not yet); None for a
+    netlink without one (a test's fake host: these facts are then absent, and the invariants that need
+    them judge nothing)."""
+    return getattr(netlink, "ipr", None) if _has_ipr(netlink) else None
+
+
+def _has_ipr(netlink) -> bool:
+    """Does this netlink have a pyroute2 socket, without opening it?"""
+    if isinstance(netlink, type):
+        return False
+    return isinstance(getattr(type(netlink), "ipr", None), property) or getattr(netlink, "ipr", None) is not None
 
 
 def _sysfs_counters(name: str, index: Optional[int]) -> Optional[Counters]:
@@ -52,9 +60,8 @@ def _sysfs_counters(name: str, index: Optional[int]) -> Optional[Counters]:
 def counters(netlink, names: Iterable) -> dict:
     """name -> Counters for each link that exists (`names`: names, or (name, ifindex) pairs): sysfs when it
     shows the same ifindex, else IFLA_STATS64 of a per-link RTM_GETLINK."""
-    out = {}
-    ipr = _ipr(netlink)
-    if ipr is None:
+    out: dict = {}
+    if not _has_ipr(netlink):
         return out
     rest = []
     for item in names:
@@ -66,6 +73,7 @@ def counters(netlink, names: Iterable) -> dict:
             out[name] = c
         else:
             rest.append(name)
+    ipr = _ipr(netlink) if rest else None  # pyroute2 only for what sysfs does not show
     for name in rest:
         try:
             msgs = ipr.link("get", ifname=name)

@@ -28,6 +28,8 @@ _IFLA_EXT_MASK = 29
 _RTEXT_FILTER_SKIP_STATS = 8
 _BRIDGE_VLAN_INFO_PVID = 0x2
 _BRIDGE_VLAN_INFO_UNTAGGED = 0x4
+_RTM_NEWADDR = 20
+_RTM_GETADDR = 22
 _RTM_NEWNEIGH = 28
 _RTM_DELNEIGH = 29
 _RTM_GETNEIGH = 30
@@ -87,5 +89,7 @@ def _errno_text(code: int, detail: Optional[str] = None) -> str:
 _NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
 _NDMSG = struct.Struct("=BxxxiHBB")  # family, ifindex, state, flags, type
+_IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
+_IFA_ADDRESS, _IFA_LOCAL = 1, 2
 _RTATTR = struct.Struct("=HH")  # len, type
 _U32 = struct.Struct("=I")
