@@ -56,15 +56,18 @@ def _checksum_verdict(drops: list, events: list, tap: str, br: Optional[str], wh
     xids = {e["xid"] for e in drops}
     upstream = sorted({e["interface"] for e in events if e["role"] == "uplink" and e["direction"] == "in"
                        and e["type"] == "OFFER" and e["xid"] in xids and e.get("udp_checksum") == "bad"})
-    server = (f"the LAN's DHCP server sends them so (already bad on {', '.join(upstream)}): fix it on its host"
-              if upstream else f"fix it where {where} sends from")
     summary = (f"the OFFERs reaching the guest carry a bad UDP checksum ({what}; {len(drops)} OFFER(s) out of "
                f"{tap} each followed by another DISCOVER): the guest's DHCP client drops them and asks again")
-    fix = (f"{server}: fill the checksum of the DHCP replies in the mangle POSTROUTING chain "
-           "(`iptables -t mangle -A POSTROUTING -p udp --dport 68 -j CHECKSUM --checksum-fill`, what libvirt adds "
-           "for its networks in iptables mode; nftables has no equivalent) — on an nftables-only host turn tx "
-           f"checksum offload off on the device the server sends from, e.g. `ethtool -K {br or '<bridge>'} tx off`, "
-           f"or on the tap: `ethtool -K {tap} tx off`")
+    fill = "`iptables -t mangle -A POSTROUTING -p udp --dport 68 -j CHECKSUM --checksum-fill`"
+    if upstream:
+        fix = (f"the LAN's DHCP server sends them so (already bad on {', '.join(upstream)}): on its host, fill the "
+               f"checksum of its DHCP replies in the mangle POSTROUTING chain ({fill}) or turn tx checksum offload "
+               "off on the device it sends from (`ethtool -K DEV tx off`)")
+    else:
+        fix = (f"on the side of {where}: fill the checksum of the DHCP replies in the mangle POSTROUTING chain "
+               f"({fill}; libvirt adds it for its networks in iptables mode, nftables has no equivalent) — on an "
+               "nftables-only host turn tx checksum offload off on the device the server sends from, e.g. "
+               f"`ethtool -K {br or 'BRIDGE'} tx off`, or on the tap: `ethtool -K {tap} tx off`")
     evidence = {"events": [{k: e[k] for k in ("t", "interface", "direction", "type", "xid", "udp_checksum",
                                                "checksum_found", "checksum_expected")} for e in drops],
                 "found": first["checksum_found"], "expected": first["checksum_expected"],

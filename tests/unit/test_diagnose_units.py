@@ -115,6 +115,24 @@ def test_checksum_drops_needs_a_bad_offer_then_a_discover():
     assert checksum_drops(uplink, "vnet0") == []  # only OFFERs leaving the tap
 
 
+def test_the_checksum_verdict_names_where_to_fix_it():
+    from netmedic.diagnose.dhcp import _checksum_verdict
+
+    local = [_ev(0.1, "in", "DISCOVER"), _ev(0.2, "out", "OFFER", "partial"), _ev(2.1, "in", "DISCOVER")]
+    summary, fix, ev = _checksum_verdict(checksum_drops(local, "vnet0"), local, "vnet0", "virbr1",
+                                         "network nat1's dnsmasq")
+    assert "carry a bad UDP checksum (not filled: checksum offload" in summary and "NEEDS_CSUM" in summary
+    assert "drops them and asks again" in summary and "0x1234 where 0xedcb is expected" in summary
+    assert fix.startswith("on the side of network nat1's dnsmasq") and "--checksum-fill" in fix
+    assert "`ethtool -K virbr1 tx off`" in fix and "`ethtool -K vnet0 tx off`" in fix
+    assert ev["found"] == "0x1234" and ev["expected"] == "0xedcb" and ev["already_bad_on"] == [] and ev["note"]
+    lan = [_ev(0.2, "in", "OFFER", "bad", "uplink0", "uplink")] + [dict(e, udp_checksum="bad") for e in local]
+    summary, fix, ev = _checksum_verdict(checksum_drops(lan, "vnet0"), lan, "vnet0", "br0", "the LAN's DHCP server")
+    assert "(0x1234 where 0xedcb is expected;" in summary and "note" not in ev
+    assert ev["already_bad_on"] == ["uplink0"] and "already bad on uplink0): on its host" in fix
+    assert "ethtool -K br0" not in fix
+
+
 def test_inventory_keeps_macvtap_and_hostdev_nics_apart(tmp_path):
     xml = f"""<domstatus state='running'><domain type='kvm'><name>d</name><uuid>u</uuid><devices>
       <interface type='bridge'><mac address='52:54:00:00:00:01'/><source bridge='br0'/><target dev='vnet0'/></interface>
