@@ -1,6 +1,7 @@
 """`netmedic diagnose` answers the questions of the four troubleshooting guides, on real namespaces, each
 judged by what diagnose names first: a guest that never sends, DHCP blocked on the uplink side, DHCP
-answered (a real dnsmasq and a real DHCP client, busybox udhcpc, in the guest namespace), a macvtap
+answered (a real dnsmasq and a real DHCP client, busybox udhcpc, in the guest namespace), OFFERs with a
+bad UDP checksum (a raw-socket responder) that udhcpc drops, a macvtap
 guest its host cannot reach (a real macvtap device), a routing conflict. And diagnose's verdicts are
 the invariants': it names no invariant in its code, and for every injected fault `check` and
 `diagnose` name the same cause."""
