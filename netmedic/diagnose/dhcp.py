@@ -7,6 +7,9 @@ the bridge's uplinks and the bridge, the verdict the guide's checklist reaches:
 - a DISCOVER out of the uplink and no OFFER back: the LAN's DHCP server does not answer, or DHCP
   snooping / port security on the switch, or a firewall, drops it;
 - an OFFER on the uplink that never reaches the tap: the host drops it;
+- an OFFER leaving the tap with a bad UDP checksum (or one never filled: checksum offload) followed by
+  another DISCOVER from the guest: its DHCP client dropped the OFFER (the probe verifies each frame's
+  checksum);
 - an OFFER the guest does not REQUEST, a NAK, a REQUEST with no ACK;
 - an ACK on the tap: the lease was obtained.
 
@@ -22,6 +25,56 @@ from netmedic import hostfacts
 
 WHY = ("a DHCP client retransmits its DISCOVER every few seconds (RFC 2131: ~4 s then ~8 s; udhcpc every 3 s; "
        "dhclient from 1-2 s, backing off), so the window sees at least two attempts")
+
+
+PARTIAL_NOTE = ("not filled: checksum offload left only the pseudo-header sum in the field; a guest whose virtio "
+                "driver honours NEEDS_CSUM may still accept it, an old dhclient or busybox udhcpc reading a raw "
+                "socket drops it")
+
+
+def checksum_drops(events: list, tap: str) -> list:
+    """The OFFERs that left the tap with a bad or never-filled ("partial") UDP checksum and were followed by
+    another DISCOVER from the guest on the tap, with no REQUEST in between: the guest dropped them."""
+    on_tap = [e for e in events if e.get("interface") == tap]
+    out = []
+    for e in on_tap:
+        if e["type"] != "OFFER" or e["direction"] != "out" or e.get("udp_checksum") not in ("bad", "partial"):
+            continue
+        later = [x["type"] for x in on_tap if x["direction"] == "in" and x["t"] > e["t"]]
+        nxt = next((t for t in later if t in ("DISCOVER", "REQUEST")), None)
+        if nxt == "DISCOVER":
+            out.append(e)
+    return out
+
+
+def _checksum_verdict(drops: list, events: list, tap: str, br: Optional[str], where: str) -> tuple:
+    """(summary, fix, evidence) of the bad-checksum verdict."""
+    bad = [e for e in drops if e["udp_checksum"] == "bad"]
+    first = (bad or drops)[0]
+    found = f"{first['checksum_found']} where {first['checksum_expected']} is expected"
+    what = found if first["udp_checksum"] == "bad" else f"{PARTIAL_NOTE}; {found}"
+    xids = {e["xid"] for e in drops}
+    upstream = sorted({e["interface"] for e in events if e["role"] == "uplink" and e["direction"] == "in"
+                       and e["type"] == "OFFER" and e["xid"] in xids and e.get("udp_checksum") == "bad"})
+    summary = (f"the OFFERs reaching the guest carry a bad UDP checksum ({what}; {len(drops)} OFFER(s) out of "
+               f"{tap} each followed by another DISCOVER): the guest's DHCP client drops them and asks again")
+    fill = "`iptables -t mangle -A POSTROUTING -p udp --dport 68 -j CHECKSUM --checksum-fill`"
+    if upstream:
+        fix = (f"the LAN's DHCP server sends them so (already bad on {', '.join(upstream)}): on its host, fill the "
+               f"checksum of its DHCP replies in the mangle POSTROUTING chain ({fill}) or turn tx checksum offload "
+               "off on the device it sends from (`ethtool -K DEV tx off`)")
+    else:
+        fix = (f"on the side of {where}: fill the checksum of the DHCP replies in the mangle POSTROUTING chain "
+               f"({fill}; libvirt adds it for its networks in iptables mode, nftables has no equivalent) — on an "
+               "nftables-only host turn tx checksum offload off on the device the server sends from, e.g. "
+               f"`ethtool -K {br or 'BRIDGE'} tx off`, or on the tap: `ethtool -K {tap} tx off`")
+    evidence = {"events": [{k: e[k] for k in ("t", "interface", "direction", "type", "xid", "udp_checksum",
+                                               "checksum_found", "checksum_expected")} for e in drops],
+                "found": first["checksum_found"], "expected": first["checksum_expected"],
+                "already_bad_on": upstream}
+    if first["udp_checksum"] == "partial":
+        evidence["note"] = PARTIAL_NOTE
+    return summary, fix, evidence
 
 
 def dnsmasq_listens(pid: int) -> Optional[bool]:
@@ -71,6 +124,7 @@ def hop_dhcp(c, hop, probe: Optional[dict], vm_ip: Optional[str], counters: Opti
     window = f"{d['seconds']:g} s"
     local = server is not None  # the host's dnsmasq is the server
     where = f"network {c.network.name}'s dnsmasq" if local else "the LAN's DHCP server"
+    drops = checksum_drops(d.get("events") or [], tap)
     order = " -> ".join(t for t in ("DISCOVER", "OFFER", "REQUEST", "ACK", "NAK") if t in from_guest | to_guest)
     if "ACK" in to_guest:
         hop.set("ok", f"lease obtained: {order} seen on {tap}")
@@ -113,6 +167,10 @@ def hop_dhcp(c, hop, probe: Optional[dict], vm_ip: Optional[str], counters: Opti
         else:
             hop.set("broken", f"an OFFER arrived on {', '.join(ups)} but never reached {tap}: the host drops it on "
                     "the way to the guest (fdb hop 4, port hop 3, firewall hop 7)", "see hops 3, 4 and 7")
+    elif drops:
+        summary, fix, hop.evidence["bad_udp_checksum"] = _checksum_verdict(drops, d.get("events") or [], tap, br,
+                                                                            where)
+        hop.set("broken", summary, fix)
     elif "REQUEST" not in from_guest:
         hop.set("broken", f"the guest got an OFFER on {tap} and sent no REQUEST in {window}: its DHCP client "
                 "rejected or never saw it (look inside the guest: firewall, client logs)",

@@ -11,6 +11,11 @@ How long the DHCP watch lasts, and why: a DHCP client retransmits its DISCOVER e
 2131 §4.1: about 4 s, then 8 s, randomized by ±1 s; busybox udhcpc every 3 s; ISC dhclient from 1-2 s,
 backing off). DHCP_SECONDS (12 s) sees at least two attempts of each; the watch ends as soon as an ACK
 has reached the tap.
+
+Each DHCP frame's IPv4 UDP checksum is verified (`udp_checksum`: pseudo-header + UDP). The kernel says, in
+PACKET_AUXDATA, when a frame's checksum is not computed yet (TP_STATUS_CSUMNOTREADY: checksum offload, a
+CHECKSUM_PARTIAL frame whose field holds only the pseudo-header sum): that is "partial", not "bad" — the
+device would fill it, but a frame leaving a tap for a guest is handed over as it is.
 """
 from __future__ import annotations
 
@@ -24,6 +29,10 @@ from typing import Optional
 from netmedic.nl.uapi import hexmac
 
 ETH_P_ALL, ETH_P_ARP, PACKET_OUTGOING = 0x0003, 0x0806, 4
+# <linux/if_packet.h>: struct tpacket_auxdata {u32 tp_status, tp_len, tp_snaplen; u16 tp_mac, tp_net,
+# tp_vlan_tci, tp_vlan_tpid} (20 bytes), read through recvmsg's ancillary data once PACKET_AUXDATA is set.
+SOL_PACKET, PACKET_AUXDATA, TP_STATUS_CSUMNOTREADY = 263, 8, 8
+AUXDATA_SPACE = socket.CMSG_SPACE(20)
 DHCP_SECONDS = 12.0
 DHCP_TYPES = {1: "DISCOVER", 2: "OFFER", 3: "REQUEST", 4: "DECLINE", 5: "ACK", 6: "NAK", 7: "RELEASE",
               8: "INFORM"}
@@ -43,9 +52,9 @@ def arp_request(src_mac: str, src_ip: Optional[str], target_ip: str) -> bytes:
             + ipaddress.IPv4Address(target_ip).packed)
 
 
-def parse_dhcp(frame: bytes) -> Optional[tuple]:
-    """(message type name, client MAC, xid) of a DHCPv4 frame (Ethernet, optional 802.1Q tags, IPv4, UDP
-    67/68, BOOTP with the magic cookie), or None."""
+def _ipv4_udp(frame: bytes) -> Optional[tuple]:
+    """(IPv4 header offset, UDP header offset) of an IPv4 UDP frame's first fragment (Ethernet, optional
+    802.1Q / 802.1ad tags), or None."""
     off = 12
     if len(frame) < off + 2:
         return None
@@ -58,11 +67,20 @@ def parse_dhcp(frame: bytes) -> Optional[tuple]:
         return None
     ihl = (frame[off] & 0x0F) * 4
     frag = struct.unpack_from("!H", frame, off + 6)[0]
-    if frame[off + 9] != 17 or frag & 0x1FFF:  # UDP, first fragment
+    if frame[off + 9] != 17 or frag & 0x1FFF or ihl < 20:  # UDP, first fragment
         return None
-    udp = off + ihl
-    if len(frame) < udp + 8:
+    if len(frame) < off + ihl + 8:
         return None
+    return off, off + ihl
+
+
+def parse_dhcp(frame: bytes) -> Optional[tuple]:
+    """(message type name, client MAC, xid) of a DHCPv4 frame (Ethernet, optional 802.1Q tags, IPv4, UDP
+    67/68, BOOTP with the magic cookie), or None."""
+    at = _ipv4_udp(frame)
+    if at is None:
+        return None
+    udp = at[1]
     sport, dport = struct.unpack_from("!HH", frame, udp)
     if not ({sport, dport} <= {67, 68}):
         return None
@@ -88,10 +106,64 @@ def parse_dhcp(frame: bytes) -> Optional[tuple]:
     return None
 
 
+def _ones_sum(data: bytes) -> int:
+    """The 16-bit one's complement sum of `data` (RFC 1071) modulo 0xFFFF (0 stands for both zeros): as 2**16
+    is 1 modulo 0xFFFF, the bytes read as one big-endian integer are congruent to the sum of their words."""
+    if len(data) % 2:
+        data += b"\0"
+    return int.from_bytes(data, "big") % 0xFFFF
+
+
+def udp_checksum(frame: bytes, not_ready: bool = False) -> Optional[tuple]:
+    """(status, checksum found, checksum expected) of an IPv4 UDP frame, or None when it is not one or is cut
+    short. status: "ok"; "none" (0: no checksum, valid for IPv4); "bad"; "partial" when `not_ready` (the
+    kernel's TP_STATUS_CSUMNOTREADY: offload will fill it later — the field holds the pseudo-header sum)."""
+    at = _ipv4_udp(frame)
+    if at is None:
+        return None
+    ip, udp = at
+    length, found = struct.unpack_from("!HH", frame, udp + 4)
+    if length < 8 or len(frame) < udp + length:
+        return None
+    pseudo = frame[ip + 12:ip + 20] + struct.pack("!BBH", 0, 17, length)
+    rest = _ones_sum(pseudo + frame[udp:udp + 6] + frame[udp + 8:udp + length])
+    expected = 0xFFFF - rest  # a computed 0 is sent as 0xFFFF (RFC 768)
+    if not_ready:
+        status = "partial"
+    elif found == 0:
+        status = "none"
+    else:
+        status = "ok" if (rest + found) % 0xFFFF == 0 else "bad"
+    return status, found, expected
+
+
+def _recv(s: socket.socket) -> tuple:
+    """(frame, address, checksum not ready) from a capture socket with PACKET_AUXDATA on."""
+    data, anc, _flags, addr = s.recvmsg(65535, AUXDATA_SPACE)
+    not_ready = False
+    for level, kind, aux in anc:
+        if level == SOL_PACKET and kind == PACKET_AUXDATA and len(aux) >= 4:
+            not_ready = bool(struct.unpack_from("=I", aux)[0] & TP_STATUS_CSUMNOTREADY)
+    return data, addr, not_ready
+
+
+def checksum_fields(frame: bytes, not_ready: bool) -> dict:
+    """An event's `udp_checksum` (ok, none, bad, partial; None when it cannot be checked) and, unless ok or
+    none, the checksum found and the one expected."""
+    got = udp_checksum(frame, not_ready)
+    if got is None:
+        return {"udp_checksum": None}
+    status, found, expected = got
+    if status in ("ok", "none"):
+        return {"udp_checksum": status}
+    return {"udp_checksum": status, "checksum_found": f"0x{found:04x}", "checksum_expected": f"0x{expected:04x}"}
+
+
 def _open(name: str) -> Optional[socket.socket]:
     try:
         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         s.bind((name, ETH_P_ALL))
+        s.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
         s.setblocking(False)
         return s
     except OSError:
@@ -144,7 +216,10 @@ def run_probe(snap, nic, vm_ip: Optional[str], seconds: float = 1.5, dhcp_second
             now = time.monotonic()
             for s in ready:
                 try:
-                    data, addr = s.recvfrom(65535)
+                    if s is arp:
+                        data, addr = s.recvfrom(65535)
+                    else:
+                        data, addr, not_ready = _recv(s)
                 except (BlockingIOError, InterruptedError):
                     continue
                 if s is arp:
@@ -162,7 +237,8 @@ def run_probe(snap, nic, vm_ip: Optional[str], seconds: float = 1.5, dhcp_second
                     seen.setdefault(name, set()).add(f"{dhcp[0]} {direction}")
                     if len(events) < MAX_EVENTS:
                         events.append({"t": round(now - start, 3), "interface": name, "role": role,
-                                       "direction": direction, "type": dhcp[0], "xid": f"{dhcp[2]:08x}"})
+                                       "direction": direction, "type": dhcp[0], "xid": f"{dhcp[2]:08x}",
+                                       **checksum_fields(data, not_ready)})
                     if role == "tap" and out and dhcp[0] == "ACK":
                         acked = True
                 if role != "uplink" or data[6:12] != vm or now > arp_end:

@@ -1,6 +1,7 @@
 """`netmedic diagnose` answers the questions of the four troubleshooting guides, on real namespaces, each
 judged by what diagnose names first: a guest that never sends, DHCP blocked on the uplink side, DHCP
-answered (a real dnsmasq and a real DHCP client, busybox udhcpc, in the guest namespace), a macvtap
+answered (a real dnsmasq and a real DHCP client, busybox udhcpc, in the guest namespace), OFFERs with a
+bad UDP checksum (a raw-socket responder) that udhcpc drops, a macvtap
 guest its host cannot reach (a real macvtap device), a routing conflict. And diagnose's verdicts are
 the invariants': it names no invariant in its code, and for every injected fault `check` and
 `diagnose` name the same cause."""
@@ -33,6 +34,64 @@ frame = b"\xff" * 6 + mac + b"\x08\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4,
 for _ in range(count):
     s.send(frame)
     time.sleep(0.01)
+"""
+
+
+# A DHCP server on a raw socket that answers each DISCOVER on `dev` with a well-formed OFFER (198.51.100.50
+# from 198.51.100.1), its UDP checksum the correct one or, with "bad", that value XOR 0xFFFF (never 0). It
+# writes `ready` once bound and quits after `seconds`; the test's Topology ends it by PID in teardown.
+_OFFERER = r"""
+import socket, struct, sys, time
+dev, bad, ready, seconds = sys.argv[1], sys.argv[2] == "bad", sys.argv[3], float(sys.argv[4])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+s.bind((dev, 3))
+s.settimeout(0.5)
+mac, server, offered = s.getsockname()[4], bytes([198, 51, 100, 1]), bytes([198, 51, 100, 50])
+open(ready, "w").close()
+
+def fold(data):
+    data += b"\0" * (len(data) % 2)
+    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+def msgtype(opts):
+    i = 0
+    while i + 2 < len(opts) and opts[i] != 255:
+        if opts[i] == 0:
+            i += 1
+            continue
+        if opts[i] == 53:
+            return opts[i + 2]
+        i += 2 + opts[i + 1]
+
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    try:
+        frame, addr = s.recvfrom(2048)
+    except socket.timeout:
+        continue
+    if addr[2] == 4 or len(frame) < 282 or frame[12:14] != b"\x08\x00" or frame[23] != 17:
+        continue
+    u = 14 + (frame[14] & 15) * 4
+    b = frame[u + 8:]
+    if struct.unpack_from("!H", frame, u + 2)[0] != 67 or b[236:240] != b"\x63\x82\x53\x63" \
+            or msgtype(b[240:]) != 1:
+        continue
+    bootp = (bytes([2, 1, 6, 0]) + b[4:8] + b"\0\0" + b[10:12] + b"\0" * 4 + offered + server + b"\0" * 4
+             + b[28:44] + b"\0" * 192 + b"\x63\x82\x53\x63" + bytes([53, 1, 2, 54, 4]) + server
+             + bytes([51, 4, 0, 0, 14, 16, 1, 4, 255, 255, 255, 0, 255]))
+    bootp += b"\0" * (300 - len(bootp))
+    dst = b"\xff" * 4
+    udp = struct.pack("!HHHH", 67, 68, 8 + len(bootp), 0) + bootp
+    csum = fold(server + dst + struct.pack("!BBH", 0, 17, len(udp)) + udp) or 0xFFFF
+    if bad:
+        csum = (csum ^ 0xFFFF) or 1
+    udp = udp[:6] + struct.pack("!H", csum) + udp[8:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, server, dst)
+    ip = ip[:10] + struct.pack("!H", fold(ip)) + ip[12:]
+    s.send(b[28:34] + mac + b"\x08\x00" + ip + udp)
 """
 
 
@@ -151,9 +210,74 @@ def test_dhcp_answered(topo, tmp_path):
     assert {"DISCOVER in", "REQUEST in", "OFFER out", "ACK out"} <= set(h["evidence"]["seen"]["vnet0"])
     assert {"OFFER in", "ACK in"} <= set(h["evidence"]["seen"]["uplink0"])
     assert report["first_broken"] is None
+    # dnsmasq's replies cross the veths with their checksum left to offload (PACKET_AUXDATA's
+    # TP_STATUS_CSUMNOTREADY): "partial", and udhcpc (which honours it) takes them — no checksum verdict.
+    offers = [e for e in h["evidence"]["events"] if e["type"] == "OFFER" and e["interface"] == "vnet0"]
+    assert offers and {e["udp_checksum"] for e in offers} == {"partial"}, offers
     client.wait(30)
     with open(lan.leases) as fh:
         assert VM_MAC in fh.read(), "dnsmasq holds no lease for the VM"
+
+
+def start_offerer(lan, tmp_path, bad: bool):
+    """_OFFERER in the lan namespace on eth0 (instead of dnsmasq: build_lan(..., dhcp=False)), once bound."""
+    ready = tmp_path / "offerer.ready"
+    proc = lan.topo.spawn(lan.lan, sys.executable, "-c", _OFFERER, "eth0", "bad" if bad else "good", str(ready),
+                          "60")
+    deadline = time.monotonic() + 10
+    while not ready.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert ready.exists(), "the DHCP responder did not start"
+    return proc
+
+
+def test_dhcp_offers_with_a_bad_udp_checksum(topo, tmp_path):
+    """The LAN's server sends OFFERs whose UDP checksum is wrong: busybox udhcpc in the guest verifies it,
+    drops each OFFER and sends DISCOVER again. Hop 10 names the checksum (found vs expected, on which
+    events) and the fix (checksum fill, or tx offload off), on the LAN server's host."""
+    lan = build_lan(topo, tmp_path, dhcp=False)
+    start_offerer(lan, tmp_path, bad=True)
+    client = start_udhcpc(lan)
+    report = diagnose_json(lan.nm, "guestvm", "--leases-dir", str(tmp_path), "--probe", "--probe-seconds", "0.5",
+                           "--dhcp-seconds", "8", expect=(1,))
+    assert first_broken(report) == 10, report["headline"]
+    h = hop(report, 10)
+    summary, fix = report["first_broken"]["summary"], report["first_broken"]["fix"]
+    assert "the OFFERs reaching the guest carry a bad UDP checksum" in summary, summary
+    assert "the guest's DHCP client drops them and asks again" in summary
+    assert "--checksum-fill" in fix and "mangle POSTROUTING" in fix and "`ethtool -K DEV tx off`" in fix, fix
+    assert "the LAN's DHCP server" in fix and "already bad on uplink0" in fix, fix
+    bad = h["evidence"]["bad_udp_checksum"]
+    # The responder sends the correct checksum XOR 0xFFFF: what the probe expects is the correct one.
+    assert int(bad["found"], 16) ^ int(bad["expected"], 16) == 0xFFFF, bad
+    assert bad["already_bad_on"] == ["uplink0"] and bad["events"], bad
+    assert all(e["interface"] == "vnet0" and e["type"] == "OFFER" and e["direction"] == "out"
+               and e["udp_checksum"] == "bad" for e in bad["events"])
+    events = h["evidence"]["events"]
+    assert {e["udp_checksum"] for e in events if e["type"] == "OFFER"} == {"bad"}
+    # udhcpc computes its own checksums: its DISCOVERs verify, and it asked again after an OFFER.
+    discovers = [e for e in events if e["type"] == "DISCOVER" and e["interface"] == "vnet0"]
+    assert len(discovers) >= 2 and {e["udp_checksum"] for e in discovers} == {"ok"}
+    assert "REQUEST in" not in h["evidence"]["seen"]["vnet0"]
+    client.wait(30)
+
+
+def test_dhcp_offers_with_a_good_udp_checksum_are_not_blamed(topo, tmp_path):
+    """The control: the same responder with the correct checksum. udhcpc takes the OFFER and REQUESTs (no ACK
+    comes: the responder answers DISCOVERs only); no checksum verdict, every OFFER's checksum is ok."""
+    lan = build_lan(topo, tmp_path, dhcp=False)
+    start_offerer(lan, tmp_path, bad=False)
+    client = start_udhcpc(lan)
+    report = diagnose_json(lan.nm, "guestvm", "--leases-dir", str(tmp_path), "--probe", "--probe-seconds", "0.5",
+                           "--dhcp-seconds", "6", expect=(1,))
+    h = hop(report, 10)
+    assert "REQUEST in" in h["evidence"]["seen"]["vnet0"] and "OFFER out" in h["evidence"]["seen"]["vnet0"]
+    assert "checksum" not in h["summary"] and "bad_udp_checksum" not in h["evidence"], h["summary"]
+    assert "REQUEST got no ACK" in h["summary"], h["summary"]
+    offers = [e for e in h["evidence"]["events"] if e["type"] == "OFFER"]
+    assert offers and {e["udp_checksum"] for e in offers} == {"ok"}
+    client.kill()
+    client.wait(10)
 
 
 def _direct_domain_xml(directory, name, mac, dev, parent, mode) -> None:

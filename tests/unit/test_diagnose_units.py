@@ -9,8 +9,9 @@ import struct
 from snapshots import bridge, nic, snapshot, tap, uplink, write
 
 from netmedic import inventory
+from netmedic.diagnose.dhcp import checksum_drops
 from netmedic.diagnose.hops import concerns
-from netmedic.diagnose.probe import parse_dhcp
+from netmedic.diagnose.probe import checksum_fields, parse_dhcp, udp_checksum
 from netmedic.facts import Counters, DirectLink, RouteLookup
 from netmedic.fdbmoves import FdbMoves
 from netmedic.model import Subject, Violation
@@ -42,6 +43,94 @@ def test_parse_dhcp_reads_the_message_type_and_the_client_mac():
     assert parse_dhcp(dhcp_frame(1, dport=53)) is None  # not DHCP
     assert parse_dhcp(dhcp_frame(1)[:100]) is None  # truncated
     assert parse_dhcp(b"\xff" * 12 + b"\x08\x06" + b"\0" * 28) is None  # ARP
+
+
+def with_checksum(frame: bytes, vlan: bool = False, src: str = "198.51.100.1", dst: str = "198.51.100.50",
+                  flip: bool = False) -> bytes:
+    """`frame` (dhcp_frame's) with real addresses and its UDP checksum computed here the long way (RFC 768:
+    the one's complement of the one's complement sum, 0 sent as 0xFFFF); `flip`: that value XOR 0xFFFF."""
+    eth = 18 if vlan else 14
+    f = bytearray(frame)
+    f[eth + 12:eth + 20] = bytes(int(x) for x in src.split(".")) + bytes(int(x) for x in dst.split("."))
+    udp = bytes(f[eth + 20:])
+    words = bytes(f[eth + 12:eth + 20]) + bytes([0, 17]) + len(udp).to_bytes(2, "big") + udp
+    words += b"\0" * (len(words) % 2)
+    total = 0
+    for i in range(0, len(words), 2):
+        total += words[i] << 8 | words[i + 1]
+    total = total % 0xFFFF  # end-around carry
+    csum = (0xFFFF - total) or 0xFFFF
+    if flip:
+        csum ^= 0xFFFF
+    struct.pack_into("!H", f, eth + 26, csum)
+    return bytes(f)
+
+
+def test_udp_checksum_good_bad_zero_and_vlan_tagged():
+    for vlan in (False, True):
+        good = with_checksum(dhcp_frame(2, vlan=vlan, sport=67, dport=68), vlan)
+        status, found, expected = udp_checksum(good)
+        assert status == "ok" and found == expected, (vlan, found, expected)
+        bad = with_checksum(dhcp_frame(2, vlan=vlan, sport=67, dport=68), vlan, flip=True)
+        assert udp_checksum(bad) == ("bad", expected ^ 0xFFFF, expected)
+        assert checksum_fields(bad, False) == {"udp_checksum": "bad", "checksum_found": f"0x{expected ^ 0xFFFF:04x}",
+                                               "checksum_expected": f"0x{expected:04x}"}
+        assert checksum_fields(good, False) == {"udp_checksum": "ok"}
+        # The kernel says the checksum is not computed yet (offload): partial, whatever the field holds.
+        assert udp_checksum(bad, not_ready=True)[0] == "partial"
+    zero = dhcp_frame(2, sport=67, dport=68)  # dhcp_frame leaves the checksum 0: none, valid for IPv4
+    assert udp_checksum(zero)[:2] == ("none", 0)
+    assert udp_checksum(zero[:-10]) is None  # cut short of the UDP length
+    assert udp_checksum(b"\xff" * 12 + b"\x08\x06" + b"\0" * 28) is None  # ARP
+    # An odd UDP length (one option byte more) and Ethernet padding after the datagram.
+    odd = bytearray(dhcp_frame(1))
+    odd[-1:] = bytes([0, 255])
+    struct.pack_into("!H", odd, 14 + 2, len(odd) - 14)
+    struct.pack_into("!H", odd, 14 + 24, len(odd) - 34)
+    odd = with_checksum(bytes(odd))
+    assert udp_checksum(odd)[0] == "ok" and udp_checksum(odd + b"\0" * 7)[0] == "ok"
+
+
+def _ev(t, direction, kind, csum="ok", interface="vnet0", role="tap"):
+    e = {"t": t, "interface": interface, "role": role, "direction": direction, "type": kind, "xid": "00000001",
+         "udp_checksum": csum}
+    if csum in ("bad", "partial"):
+        e.update(checksum_found="0x1234", checksum_expected="0xedcb")
+    return e
+
+
+def test_checksum_drops_needs_a_bad_offer_then_a_discover():
+    bad = [_ev(0.1, "in", "DISCOVER"), _ev(0.2, "out", "OFFER", "bad"), _ev(2.1, "in", "DISCOVER")]
+    assert checksum_drops(bad, "vnet0") == [bad[1]]
+    partial = [_ev(0.1, "in", "DISCOVER"), _ev(0.2, "out", "OFFER", "partial"), _ev(2.1, "in", "DISCOVER")]
+    assert checksum_drops(partial, "vnet0") == [partial[1]]
+    good = [_ev(0.1, "in", "DISCOVER"), _ev(0.2, "out", "OFFER"), _ev(2.1, "in", "DISCOVER")]
+    assert checksum_drops(good, "vnet0") == []
+    requested = [_ev(0.1, "in", "DISCOVER"), _ev(0.2, "out", "OFFER", "partial"), _ev(0.3, "in", "REQUEST"),
+                 _ev(6.0, "in", "DISCOVER")]
+    assert checksum_drops(requested, "vnet0") == []  # the guest took it
+    last = [_ev(0.1, "in", "DISCOVER"), _ev(0.2, "out", "OFFER", "bad")]
+    assert checksum_drops(last, "vnet0") == []  # no DISCOVER after it (yet)
+    uplink = [_ev(0.1, "out", "OFFER", "bad", "uplink0", "uplink"), _ev(2.1, "in", "DISCOVER")]
+    assert checksum_drops(uplink, "vnet0") == []  # only OFFERs leaving the tap
+
+
+def test_the_checksum_verdict_names_where_to_fix_it():
+    from netmedic.diagnose.dhcp import _checksum_verdict
+
+    local = [_ev(0.1, "in", "DISCOVER"), _ev(0.2, "out", "OFFER", "partial"), _ev(2.1, "in", "DISCOVER")]
+    summary, fix, ev = _checksum_verdict(checksum_drops(local, "vnet0"), local, "vnet0", "virbr1",
+                                         "network nat1's dnsmasq")
+    assert "carry a bad UDP checksum (not filled: checksum offload" in summary and "NEEDS_CSUM" in summary
+    assert "drops them and asks again" in summary and "0x1234 where 0xedcb is expected" in summary
+    assert fix.startswith("on the side of network nat1's dnsmasq") and "--checksum-fill" in fix
+    assert "`ethtool -K virbr1 tx off`" in fix and "`ethtool -K vnet0 tx off`" in fix
+    assert ev["found"] == "0x1234" and ev["expected"] == "0xedcb" and ev["already_bad_on"] == [] and ev["note"]
+    lan = [_ev(0.2, "in", "OFFER", "bad", "uplink0", "uplink")] + [dict(e, udp_checksum="bad") for e in local]
+    summary, fix, ev = _checksum_verdict(checksum_drops(lan, "vnet0"), lan, "vnet0", "br0", "the LAN's DHCP server")
+    assert "(0x1234 where 0xedcb is expected;" in summary and "note" not in ev
+    assert ev["already_bad_on"] == ["uplink0"] and "already bad on uplink0): on its host" in fix
+    assert "ethtool -K br0" not in fix
 
 
 def test_inventory_keeps_macvtap_and_hostdev_nics_apart(tmp_path):
