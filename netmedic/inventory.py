@@ -105,6 +105,40 @@ class Inventory:
             self.__dict__["_nics"] = cached
         return cached[1]
 
+    def _index(self, name: str, build):
+        """A derived index, computed once per Inventory (keyed like `nics`: an Inventory is not changed
+        after load(), the daemon reuses it while no file changed)."""
+        cached = self.__dict__.get(name)
+        if cached is None or cached[0] != len(self.domains):
+            cached = (len(self.domains), build(self.nics))
+            self.__dict__[name] = cached
+        return cached[1]
+
+    @property
+    def by_bridge(self) -> dict:
+        """bridge name -> its VM NICs, in `nics` order (NICs with no bridge under None)."""
+        def build(nics):
+            out: dict = {}
+            for nic in nics:
+                out.setdefault(nic.bridge, []).append(nic)
+            return out
+        return self._index("_by_bridge", build)
+
+    @property
+    def by_mac(self) -> dict:
+        """MAC -> the VM NICs using it, in `nics` order."""
+        def build(nics):
+            out: dict = {}
+            for nic in nics:
+                out.setdefault(nic.mac, []).append(nic)
+            return out
+        return self._index("_by_mac", build)
+
+    @property
+    def taps(self) -> frozenset:
+        """The tap names the VM NICs declare."""
+        return self._index("_taps", lambda nics: frozenset(n.tap for n in nics if n.tap))
+
     @property
     def direct_nics(self) -> list:
         """Every NIC that is not a bridge port (macvtap, hostdev)."""

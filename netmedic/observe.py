@@ -64,6 +64,8 @@ class Snapshot:
         self.by_index = {link.index: link for link in self.links.values()}
         self._nics: Optional[list] = None
         self._users: Optional[dict] = None
+        self._ports: Optional[dict] = None
+        self._vm_bridges: Optional[list] = None
 
     def link(self, name: Optional[str]):
         return self.links.get(name) if name else None
@@ -94,17 +96,36 @@ class Snapshot:
     def nics(self) -> list:
         """VM NICs on bridges (and of domains) this snapshot observed (computed once)."""
         if self._nics is None:
-            self._nics = [n for n in self.inventory.nics if n.bridge and self.covers(n.bridge, n.domain)]
+            inv = self.inventory
+            if self.bridges_observed is None:
+                self._nics = [n for n in inv.nics if n.bridge]
+            else:  # a scoped pass: only its bridges' NICs are looked at
+                self._nics = [n for n in _nics_of(inv, self.bridges_observed)
+                              if n.bridge and self.covers(n.bridge, n.domain)]
         return self._nics
 
-    def uplinks(self, bridge: Optional[str]) -> list:
-        """The ports of `bridge` that are not VM taps (the uplink bond/NIC/veth), by name."""
+    def ports(self, bridge: Optional[str]) -> list:
+        """The links enslaved to `bridge`, by name (one index of the links per snapshot)."""
         br = self.bridge(bridge)
         if br is None:
             return []
-        taps = {n.tap for n in self.inventory.nics if n.tap}
-        return sorted((lk for lk in self.links.values() if lk.master == br.index and lk.name not in taps),
-                      key=lambda lk: lk.name)
+        if self._ports is None:
+            self._ports = {}
+            for lk in sorted(self.links.values(), key=lambda lk: lk.name):
+                if lk.master:
+                    self._ports.setdefault(lk.master, []).append(lk)
+        return self._ports.get(br.index, [])
+
+    def vm_bridges(self) -> list:
+        """The existing bridges that carry the VM NICs this snapshot observed, sorted."""
+        if self._vm_bridges is None:
+            self._vm_bridges = sorted({n.bridge for n in self.nics() if self.bridge(n.bridge) is not None})
+        return self._vm_bridges
+
+    def uplinks(self, bridge: Optional[str]) -> list:
+        """The ports of `bridge` that are not VM taps (the uplink bond/NIC/veth), by name."""
+        taps = self.inventory.taps
+        return [lk for lk in self.ports(bridge) if lk.name not in taps]
 
     def sysctl(self, *parts: str) -> Optional[str]:
         return self.sysctls.get(ops.sysctl_key(*parts))
@@ -115,15 +136,14 @@ class Snapshot:
     def mac_users(self, mac: str) -> list:
         """Every VM NIC of the inventory with this MAC (not only the observed ones), oldest first: by tap
         ifindex (a later-created tap is the newer NIC), a NIC whose tap is missing last."""
-        if self._users is None:  # one index for the pass; a MAC's users are sorted when first asked
+        if self._users is None:  # the inventory's index; a shared MAC's users are sorted when first asked
             self._users = {}
-            for nic in self.inventory.nics:
-                self._users.setdefault(nic.mac, []).append(nic)
-            self._sorted: set = set()
-        users = self._users.get(mac, [])
-        if len(users) > 1 and mac not in self._sorted:
-            users.sort(key=self._age)
-            self._sorted.add(mac)
+        users = self._users.get(mac)
+        if users is None:
+            users = self.inventory.by_mac.get(mac, [])
+            if len(users) > 1:
+                users = sorted(users, key=self._age)
+            self._users[mac] = users
         return users
 
     def mac_owner(self, bridge: Optional[str], mac: str):
@@ -172,7 +192,7 @@ def observe(netlink, inventory: Inventory, records: Optional[dict] = None,
 
     keys: list = []
     bridges_with_vms = set()
-    for nic in inventory.nics:
+    for nic in _nics_of(inventory, only):
         if not wanted(nic):
             continue
         br = links.get(nic.bridge)
@@ -251,6 +271,18 @@ def _kernel(known: Optional[dict], records: dict, links: dict, fdb: dict) -> dic
     return out
 
 
+def _nics_of(inventory: Inventory, only: Optional[frozenset]) -> list:
+    """The VM NICs on the bridges `only` (None: every NIC), in inventory order."""
+    if only is None:
+        return inventory.nics
+    by_bridge = inventory.by_bridge
+    nics = [n for b in only for n in by_bridge.get(b, ())]
+    if len(only) > 1:
+        order = {id(n): i for i, n in enumerate(inventory.nics)}
+        nics.sort(key=lambda n: order[id(n)])
+    return nics
+
+
 def _add(links: dict, link) -> None:
     if link is not None:
         links[link.name] = link
@@ -271,13 +303,14 @@ def _scoped_links(netlink, inventory: Inventory, only: frozenset, narrow: dict, 
                     _add(links, member)
     want: set = set()
     scoped_macs: set = set()
-    for nic in inventory.nics:
+    for nic in _nics_of(inventory, only):
         if nic.bridge in only and (nic.bridge not in narrow or nic.domain in narrow[nic.bridge]):
             scoped_macs.add(nic.mac)
             if nic.tap:
                 want.add(nic.tap)
     if narrow:  # unique_mac orders the users of a shared MAC by their taps' age: see them all
-        want |= {n.tap for n in inventory.nics if n.tap and n.mac in scoped_macs}
+        by_mac = inventory.by_mac
+        want |= {n.tap for mac in scoped_macs for n in by_mac.get(mac, ()) if n.tap}
     for rec in records.values():
         if rec.get("bridge") in only and rec.get("port") and (
                 rec.get("bridge") not in narrow or rec.get("domain") in narrow[rec["bridge"]]):

@@ -251,7 +251,7 @@ class BridgeNetfilter(Invariant):
     def check(self, snapshot, options) -> list:
         out = []
         global_nf = snapshot.sysctl("net", "bridge", "bridge-nf-call-iptables") == "1"
-        bridges = sorted({n.bridge for n in snapshot.nics() if snapshot.bridge(n.bridge) is not None})
+        bridges = snapshot.vm_bridges()
         fw = getattr(snapshot, "firewall", None)
         covered = any(c.backend == "nft" for c in snapshot.forward_chains)
         for bridge in bridges:

@@ -17,7 +17,7 @@ KINDS = ("physical", "bond", "team", "vlan", "veth", "macvlan", "vxlan")
 
 def vm_taps(snapshot) -> set:
     """Names of the VM taps the inventory knows (every running VM, not only the observed ones)."""
-    return {n.tap for n in snapshot.inventory.nics if n.tap}
+    return snapshot.inventory.taps
 
 
 def non_tap_ports(snapshot, bridge: str) -> list:
@@ -27,13 +27,12 @@ def non_tap_ports(snapshot, bridge: str) -> list:
     if br is None:
         return []
     taps = vm_taps(snapshot)
-    return sorted((lk for lk in snapshot.links.values() if lk.master == br.index and lk.name not in taps
-                   and lk.kind not in ("tun", "macvtap")), key=lambda lk: lk.name)
+    return [lk for lk in snapshot.ports(bridge) if lk.name not in taps and lk.kind not in ("tun", "macvtap")]
 
 
 def vm_bridges(snapshot) -> list:
     """The bridges (existing, observed) that carry VM NICs of this snapshot."""
-    return sorted({n.bridge for n in snapshot.nics() if snapshot.bridge(n.bridge) is not None})
+    return snapshot.vm_bridges()
 
 
 def link_kind(link) -> str:

@@ -101,24 +101,30 @@ class FdbOwnership(Invariant):
             if br is None or tap is None or tap.master != br.index:
                 continue  # detached or missing tap: port_forwarding's business
             entry = snapshot.fdb.get((bridge, mac))
-            subject = Subject(bridge=bridge, port=nic.tap, domain=nic.domain, mac=mac)
             guarded = table is not None and table.guards(bridge, mac, nic.tap)
+            poisoned = entry is not None and entry.port_index != tap.index
+            unpinned = not poisoned and pin and options.get("require_pin", True) and (
+                entry is None or not (entry.sticky and entry.static))
+            unguarded = guard and options.get("require_pin", True) and not guarded
+            if not (poisoned or unpinned or unguarded):
+                continue  # held: the common case, no evidence to build
+            subject = Subject(bridge=bridge, port=nic.tap, domain=nic.domain, mac=mac)
             evidence = {"expected_port": nic.tap, **_entry_evidence(snapshot, entry), "mechanism": chosen}
             if table is not None and (guard or table.present):
                 evidence["guard"] = {"guarded": guarded, "drops": table.drops(bridge)}
-            if entry is not None and entry.port_index != tap.index:
+            if poisoned:
                 where = snapshot.name_of(entry.port_index) or f"ifindex {entry.port_index}"
                 out.append(Violation(self.NAME, "poisoned", subject,
                                      f"{bridge} has learned VM {nic.domain}'s MAC {mac} on {where}, not on its "
                                      f"tap {nic.tap}: frames for the VM are sent out {where}", evidence))
                 if chosen == "guard":
                     continue  # the guard's heal of the poisoning guards the MAC too
-            elif pin and options.get("require_pin", True) and (entry is None or not (entry.sticky and entry.static)):
+            elif unpinned:
                 state = "absent" if entry is None else "learned but not pinned"
                 out.append(Violation(self.NAME, "unpinned", subject,
                                      f"VM {nic.domain}'s MAC {mac} is {state} on {nic.tap}: learning can move "
                                      f"it to another port of {bridge}", evidence, severity="risk"))
-            if guard and options.get("require_pin", True) and not guarded:
+            if unguarded:
                 why = (f"netmedic's guard table could not be read ({table.error})" if table is not None and table.error
                        else "no frame with it entering another port is dropped")
                 out.append(Violation(self.NAME, "unguarded", subject,

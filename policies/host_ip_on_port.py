@@ -43,7 +43,7 @@ class HostIpOnPort(Invariant):
         out = []
         if snapshot.addresses is None:
             return out
-        bridges = sorted({n.bridge for n in snapshot.nics() if snapshot.bridge(n.bridge) is not None})
+        bridges = snapshot.vm_bridges()
         for bridge in bridges:
             br = snapshot.bridge(bridge)
             for link in sorted(snapshot.links.values(), key=lambda lk: lk.index):

@@ -31,7 +31,8 @@ class UniqueMac(Invariant):
         out = []
         # Only the MACs of the NICs this observation covers can yield a violation (a pass narrowed to
         # one VM looks at that VM's MACs, not at the host's thousand).
-        macs = {nic.mac for nic in snapshot.inventory.nics if snapshot.covers(nic.bridge, nic.domain)}
+        nics = snapshot.inventory.nics if snapshot.bridges_observed is None else snapshot.nics()
+        macs = {nic.mac for nic in nics if snapshot.covers(nic.bridge, nic.domain)}
         by_mac = {mac: snapshot.mac_users(mac) for mac in macs}
         for mac, nics in sorted(by_mac.items()):
             if len(nics) < 2:
@@ -48,7 +49,7 @@ class UniqueMac(Invariant):
                      "duplicate": {"domain": nic.domain, "tap": nic.tap, "bridge": nic.bridge}}))
         if not snapshot.links_complete:  # a scoped observation did not see every host interface
             return out
-        vm_taps = {n.tap for n in snapshot.inventory.nics}
+        vm_taps = snapshot.inventory.taps
         host: dict = {}  # VM MAC -> host interfaces with it (a bond and its slaves share one: one violation)
         for link in sorted(snapshot.links.values(), key=lambda lk: lk.index):
             if link.name not in vm_taps and link.mac in by_mac:

@@ -37,7 +37,7 @@ class UplinkAggregation(Invariant):
 
     def check(self, snapshot, options) -> list:
         out = []
-        bridges = sorted({n.bridge for n in snapshot.nics() if snapshot.bridge(n.bridge) is not None})
+        bridges = snapshot.vm_bridges()
         for bridge in bridges:
             for up in uplinks(snapshot, bridge):
                 if up.kind != "bond" or up.bond_mode not in RISKY_MODES:
