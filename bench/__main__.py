@@ -469,7 +469,29 @@ def machine() -> dict:
     load = os.getloadavg()
     return {"nproc": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
             "pyroute2": version("pyroute2"), "structlog": version("structlog"),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "loadavg_start": [round(x, 2) for x in load]}
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "loadavg_start": [round(x, 2) for x in load],
+            "calibration": calibration()}
+
+
+def calibration(rounds: int = 7) -> dict:
+    """The machine's speed today, for comparing runs of different days (absolute figures have no baseline of
+    their own): a Python start-up (`python3 -c pass`, the unit of the hook figures) and a fixed pure-Python
+    workload, medians of `rounds`. A figure that moved by the same factor as these moved with the machine."""
+    def work():
+        t0 = time.perf_counter()
+        d: dict = {}
+        for i in range(300000):
+            d[i & 4095] = d.get(i & 4095, 0) + i * i
+        return time.perf_counter() - t0
+
+    start, loop = [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        subprocess.run(["/usr/bin/python3", "-c", "pass"], check=True)
+        start.append(time.perf_counter() - t0)
+        loop.append(work())
+    return {"python_start_ms": round(statistics.median(start) * 1000, 1),
+            "python_loop_ms": round(statistics.median(loop) * 1000, 1)}
 
 
 def main(argv=None) -> int:

@@ -185,6 +185,10 @@ def render(r: dict) -> str:
         f"- machine: {m['nproc']} CPUs, kernel {m['kernel']}, Python {m['python']} (.venv), pyroute2 "
         f"{m['pyroute2']}, structlog {m['structlog']}; load average {m['loadavg_start']} at the start, "
         f"{m.get('loadavg_end')} at the end",
+        *([f"- machine speed (to compare runs of different days): `python3 -c pass` "
+           f"{m['calibration']['python_start_ms']} ms, a fixed pure-Python loop {m['calibration']['python_loop_ms']} "
+           "ms (bench.calibration); an absolute figure that moved by the same factor moved with the machine"]
+          if m.get("calibration") else []),
         f"- date: {m['date']}",
         "- **the machine is shared with other engineers' test runs**: absolute timings are noisy. That is why "
         "every figure with a baseline is given as a ratio against that baseline, measured interleaved with it "
