@@ -282,6 +282,14 @@ ANALYSIS = """
   links by name, per-MAC fdb lookups sent 64 per `send()`), tested equal to pyroute2's parse of the same
   kernel state (tests/integration/test_nl.py). pyroute2 is still used for every write. A no-op full pass at 1,000 VMs
   is now below the cost of `bridge -j fdb show`, which has to dump all 50k entries.
+- **Reading less, and only once.** pyroute2 is imported and its socket opened only for a write or a read
+  the lean reader lacks (a one-shot command or a hook that finds nothing to fix never pays its ~0.2 s
+  import; the daemon opens it at startup); addresses come from the lean reader too; a link whose dump
+  message is byte for byte the previous one is not parsed again (a periodic pass re-parses only the
+  bridges, whose timers tick); the inventory keeps its indexes (NICs by bridge and by MAC, the taps) for
+  as long as no XML changed, so a pass narrowed to one VM no longer walks the host's thousand NICs in
+  each invariant; evidence is built only for a violation. A domain XML's line numbers are looked up only
+  to report an error in it, and the kernel log is pre-filtered by one scan per line.
 - **Every event-triggered pass used to look at everything.** A pass is now scoped to what the event was
   about: a tap that appeared or a VM MAC that moved → that VM (its taps and fdb entries, the bridge link,
   nothing else: no link dump, no iptables); a bridge re-created or an uplink change → that bridge (its
