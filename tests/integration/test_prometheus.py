@@ -77,8 +77,12 @@ for path, params in json.load(sys.stdin):
     try:
         with urllib.request.urlopen(url, timeout=10) as r:
             out.append(json.loads(r.read().decode()))
-    except urllib.error.HTTPError as e:
-        out.append(json.loads(e.read().decode() or "{}") or {"status": "error", "error": str(e)})
+    except urllib.error.HTTPError as e:  # an API error is JSON; a server still starting answers 503 in text
+        body = e.read().decode(errors="replace")
+        try:
+            out.append(json.loads(body or "{}") or {"status": "error", "error": str(e)})
+        except ValueError:
+            out.append({"status": "error", "error": f"{e}: {body[:200]}"})
     except OSError as e:
         out.append({"status": "unreachable", "error": str(e)})
 json.dump(out, sys.stdout)
