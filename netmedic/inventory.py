@@ -96,53 +96,51 @@ class Inventory:
     networks: dict  # name -> Network
     errors: list  # InventoryError, one per rejected file or field
 
-    @property
-    def nics(self) -> list:
-        """Every VM NIC (computed once: an Inventory is not changed after load())."""
-        cached = self.__dict__.get("_nics")
-        if cached is None or cached[0] != len(self.domains):
-            cached = (len(self.domains), [n for d in self.domains.values() for n in d.nics])
-            self.__dict__["_nics"] = cached
-        return cached[1]
-
-    def _index(self, name: str, build):
-        """A derived index, computed once per Inventory (keyed like `nics`: an Inventory is not changed
-        after load(), the daemon reuses it while no file changed)."""
+    def _cached(self, name: str, build):
+        """A value derived from the domains, computed once per Inventory: an Inventory is not changed after
+        load() (the daemon reuses it while no file changed); a domain added later recomputes it."""
         cached = self.__dict__.get(name)
         if cached is None or cached[0] != len(self.domains):
-            cached = (len(self.domains), build(self.nics))
+            cached = (len(self.domains), build())
             self.__dict__[name] = cached
         return cached[1]
 
     @property
+    def nics(self) -> list:
+        """Every VM NIC."""
+        return self._cached("_nics", lambda: [n for d in self.domains.values() for n in d.nics])
+
+    @property
     def by_bridge(self) -> dict:
         """bridge name -> its VM NICs, in `nics` order (NICs with no bridge under None)."""
-        def build(nics):
-            out: dict = {}
-            for nic in nics:
-                out.setdefault(nic.bridge, []).append(nic)
-            return out
-        return self._index("_by_bridge", build)
+        return self._cached("_by_bridge", lambda: _grouped(self.nics, "bridge"))
 
     @property
     def by_mac(self) -> dict:
         """MAC -> the VM NICs using it, in `nics` order."""
-        def build(nics):
-            out: dict = {}
-            for nic in nics:
-                out.setdefault(nic.mac, []).append(nic)
-            return out
-        return self._index("_by_mac", build)
+        return self._cached("_by_mac", lambda: _grouped(self.nics, "mac"))
+
+    @property
+    def positions(self) -> dict:
+        """id(NIC) -> its place in `nics` (to put NICs gathered per bridge back in inventory order)."""
+        return self._cached("_positions", lambda: {id(n): i for i, n in enumerate(self.nics)})
 
     @property
     def taps(self) -> frozenset:
         """The tap names the VM NICs declare."""
-        return self._index("_taps", lambda nics: frozenset(n.tap for n in nics if n.tap))
+        return self._cached("_taps", lambda: frozenset(n.tap for n in self.nics if n.tap))
 
     @property
     def direct_nics(self) -> list:
         """Every NIC that is not a bridge port (macvtap, hostdev)."""
         return [n for d in self.domains.values() for n in d.direct_nics]
+
+
+def _grouped(nics: list, attr: str) -> dict:
+    out: dict = {}
+    for nic in nics:
+        out.setdefault(getattr(nic, attr), []).append(nic)
+    return out
 
 
 def canonical_mac(value: str) -> str:

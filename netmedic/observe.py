@@ -278,7 +278,7 @@ def _nics_of(inventory: Inventory, only: Optional[frozenset]) -> list:
     by_bridge = inventory.by_bridge
     nics = [n for b in only for n in by_bridge.get(b, ())]
     if len(only) > 1:
-        order = {id(n): i for i, n in enumerate(inventory.nics)}
+        order = inventory.positions
         nics.sort(key=lambda n: order[id(n)])
     return nics
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from netmedic.model import Subject, Violation
 from netmedic.plugin import Invariant
-from netmedic.policies.bridge_uplink import non_tap_ports, vm_bridges, vm_taps
+from netmedic.policies.bridge_uplink import non_tap_ports
 from netmedic.policies.config import Option
 
 ADDR_SET = 3  # NET_ADDR_SET: userspace chose the address; the bridge no longer follows its ports
@@ -40,13 +40,13 @@ class BridgeMac(Invariant):
         if snapshot.bridge_addr is None:
             return []
         tap_macs = {}
-        for name in vm_taps(snapshot):
+        for name in snapshot.inventory.taps:
             link = snapshot.link(name)
             if link is not None and link.mac:
                 tap_macs[link.mac] = name
         own = {n.bridge for n in snapshot.inventory.networks.values() if n.bridge and n.forward_mode != "bridge"}
         out = []
-        for bridge in vm_bridges(snapshot):
+        for bridge in snapshot.vm_bridges():
             if bridge in own:
                 continue  # libvirt sets the address of its own networks' bridges (<mac> in the network XML)
             br = snapshot.bridge(bridge)

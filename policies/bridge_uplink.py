@@ -8,6 +8,8 @@ Bridges of libvirt's own networks (NAT, routed, isolated) have no uplink by desi
 Observe only: which NIC belongs to which bridge is the admin's configuration."""
 from __future__ import annotations
 
+from typing import Optional
+
 from netmedic.model import Subject, Violation
 from netmedic.plugin import Invariant
 from netmedic.policies.config import Option
@@ -15,24 +17,13 @@ from netmedic.policies.config import Option
 KINDS = ("physical", "bond", "team", "vlan", "veth", "macvlan", "vxlan")
 
 
-def vm_taps(snapshot) -> set:
-    """Names of the VM taps the inventory knows (every running VM, not only the observed ones)."""
-    return snapshot.inventory.taps
-
-
-def non_tap_ports(snapshot, bridge: str) -> list:
-    """The ports of `bridge` that are not VM taps (its uplink(s)), sorted by name. A tun/tap or macvtap
-    port counts as a VM's even when the inventory does not know it."""
-    br = snapshot.bridge(bridge)
-    if br is None:
-        return []
-    taps = vm_taps(snapshot)
-    return [lk for lk in snapshot.ports(bridge) if lk.name not in taps and lk.kind not in ("tun", "macvtap")]
-
-
-def vm_bridges(snapshot) -> list:
-    """The bridges (existing, observed) that carry VM NICs of this snapshot."""
-    return snapshot.vm_bridges()
+def non_tap_ports(snapshot, bridge: str, ports: Optional[list] = None) -> list:
+    """The ports of `bridge` (or of `ports`, a list of them) that are not VM taps (its uplink(s)), sorted by
+    name. Every tap the inventory knows counts, not only the observed VMs'; a tun/tap or macvtap port
+    counts as a VM's even when the inventory does not know it."""
+    taps = snapshot.inventory.taps
+    return [lk for lk in (snapshot.ports(bridge) if ports is None else ports)
+            if lk.name not in taps and lk.kind not in ("tun", "macvtap")]
 
 
 def link_kind(link) -> str:
@@ -65,9 +56,9 @@ class BridgeUplink(Invariant):
     def check(self, snapshot, options) -> list:
         kinds = set(options.get("uplink_kinds") or self.OPTIONS["uplink_kinds"].default)
         own = {n.bridge for n in snapshot.inventory.networks.values() if n.bridge and n.forward_mode != "bridge"}
-        taps = vm_taps(snapshot)
+        taps = snapshot.inventory.taps
         out = []
-        for bridge in vm_bridges(snapshot):
+        for bridge in snapshot.vm_bridges():
             if bridge in own:
                 continue
             vms = sorted({n.domain for n in snapshot.inventory.nics if n.bridge == bridge})

@@ -24,9 +24,7 @@ class EvpnBridge(Invariant):
         for bridge, entries in sorted((snapshot.evpn_fdb or {}).items()):
             if not entries or not snapshot.observed(bridge):
                 continue
-            br = snapshot.bridge(bridge)
-            vxlan = sorted(lk.name for lk in snapshot.links.values()
-                           if br is not None and lk.master == br.index and lk.kind == "vxlan")
+            vxlan = [lk.name for lk in snapshot.ports(bridge) if lk.kind == "vxlan"]
             pins = sorted(r.get("mac") for r in snapshot.records.values()
                           if r.get("bridge") == bridge and r.get("kind") == "fdb_pin")
             out.append(Violation(

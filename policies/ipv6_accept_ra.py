@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from netmedic.model import Subject, Violation
 from netmedic.plugin import Invariant
-from netmedic.policies.bridge_uplink import non_tap_ports, vm_bridges
+from netmedic.policies.bridge_uplink import non_tap_ports
 
 
 class Ipv6AcceptRa(Invariant):
@@ -28,7 +28,7 @@ class Ipv6AcceptRa(Invariant):
         if not ra:
             return []
         out = []
-        for bridge in vm_bridges(snapshot):
+        for bridge in snapshot.vm_bridges():
             for name in [bridge] + [lk.name for lk in non_tap_ports(snapshot, bridge)]:
                 conf = ra.get(name)
                 if not conf or conf.get("disable_ipv6") == "1":

@@ -14,7 +14,7 @@ from __future__ import annotations
 from netmedic.model import Subject, Violation
 from netmedic.nl import data as nl
 from netmedic.plugin import Invariant
-from netmedic.policies.bridge_uplink import vm_bridges, vm_taps
+from netmedic.policies.bridge_uplink import non_tap_ports
 from netmedic.policies.config import Option
 
 WAITING = (nl.BR_STATE_LISTENING, nl.BR_STATE_LEARNING)
@@ -27,15 +27,12 @@ def ports_of(snapshot, bridge: str) -> list:
     if br is None:
         return []
     ports = (snapshot.stp_ports or {}).get(bridge)
-    if ports is None:
-        ports = [lk for lk in snapshot.links.values() if lk.master == br.index]
-    return sorted(ports, key=lambda lk: lk.name)
+    return sorted(ports, key=lambda lk: lk.name) if ports is not None else snapshot.ports(bridge)
 
 
 def uplinks_of(snapshot, bridge: str) -> list:
     """The bridge's non-tap ports (bridge_uplink.non_tap_ports over ports_of)."""
-    taps = vm_taps(snapshot)
-    return [lk for lk in ports_of(snapshot, bridge) if lk.name not in taps and lk.kind not in ("tun", "macvtap")]
+    return non_tap_ports(snapshot, bridge, ports_of(snapshot, bridge))
 
 
 def persistent_fix(bridge: str) -> str:
@@ -64,7 +61,7 @@ class StpForwardDelay(Invariant):
     def check(self, snapshot, options) -> list:
         limit = float(options.get("max_forward_delay", 2.0))
         out = []
-        for bridge in vm_bridges(snapshot):
+        for bridge in snapshot.vm_bridges():
             br = snapshot.bridge(bridge)
             info = br.bridge
             if info is None or not info.stp_state or info.forward_delay <= round(limit * 100):

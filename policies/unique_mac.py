@@ -31,8 +31,8 @@ class UniqueMac(Invariant):
         out = []
         # Only the MACs of the NICs this observation covers can yield a violation (a pass narrowed to
         # one VM looks at that VM's MACs, not at the host's thousand).
-        nics = snapshot.inventory.nics if snapshot.bridges_observed is None else snapshot.nics()
-        macs = {nic.mac for nic in nics if snapshot.covers(nic.bridge, nic.domain)}
+        # (a full pass: every NIC, those with no bridge too; a scoped one: snapshot.nics(), the covered ones)
+        macs = {nic.mac for nic in (snapshot.inventory.nics if snapshot.bridges_observed is None else snapshot.nics())}
         by_mac = {mac: snapshot.mac_users(mac) for mac in macs}
         for mac, nics in sorted(by_mac.items()):
             if len(nics) < 2:
