@@ -206,7 +206,7 @@ class RawRtnl:
         cache, fresh = self._link_cache, {}
 
         def parse(buf, off, end):
-            raw = bytes(buf[off + 16:end])  # without the header (its seq changes at every dump)
+            raw = buf[off + 16:end]  # a copy, without the header (its seq changes at every dump)
             index = _I32.unpack_from(raw, 4)[0]
             hit = cache.get(index)
             link = hit[1] if hit is not None and hit[0] == raw else _link_from_raw(buf, off, end)
