@@ -23,32 +23,33 @@ KMSG = "/dev/kmsg"
 ENV_PATH = "NETMEDIC_KMSG"
 MAX_READ = 8192  # a kmsg record is at most ~1 KiB (PRINTKRB_RECORD_MAX): one read() returns one record
 
-# kind -> pattern over the message; group 'dev' is the interface when the line names one.
+# (kind, a literal every matching line holds, pattern over the message); group 'dev' is the interface
+# when the line names one.
 PATTERNS = (
     # e1000e (and igb/ixgbe word it alike): "e1000e 0000:00:1f.6 eno1: Detected Hardware Unit Hang:"
-    ("nic_hang", re.compile(r"(?:^|\s)(?P<dev>[^\s:]+): Detected (?:Hardware Unit|Tx Unit) Hang")),
-    ("nic_reset", re.compile(r"(?:^|\s)(?P<dev>[^\s:]+): Reset adapter unexpectedly")),
+    ("nic_hang", " Hang", re.compile(r"(?:^|\s)(?P<dev>[^\s:]+): Detected (?:Hardware Unit|Tx Unit) Hang")),
+    ("nic_reset", ": Reset adapter unexpectedly", re.compile(r"(?:^|\s)(?P<dev>[^\s:]+): Reset adapter unexpectedly")),
     # dev_watchdog: "NETDEV WATCHDOG: eno1 (e1000e): transmit queue 0 timed out 5120 ms"
-    ("tx_timeout", re.compile(r"NETDEV WATCHDOG: (?:CPU: \d+: )?(?P<dev>[^\s:]+) \([^)]*\): transmit queue \d+ "
-                              r"timed out")),
+    ("tx_timeout", "NETDEV WATCHDOG: ", re.compile(r"NETDEV WATCHDOG: (?:CPU: \d+: )?(?P<dev>[^\s:]+) \([^)]*\): "
+                                                 r"transmit queue \d+ timed out")),
     # "nf_conntrack: nf_conntrack: table full, dropping packet" (older kernels: one prefix)
-    ("conntrack_full", re.compile(r"nf_conntrack: table full, dropping packet")),
+    ("conntrack_full", "table full, dropping packet", re.compile(r"nf_conntrack: table full, dropping packet")),
     # br_fdb_update: "br0: received packet on uplink0 with own address as source address (addr:..., vlan:0)"
-    ("own_address", re.compile(r"^(?P<bridge>[^\s:]+): received packet on (?P<dev>\S+) with own address as "
-                               r"source address")),
+    ("own_address", " with own address as source address",
+     re.compile(r"^(?P<bridge>[^\s:]+): received packet on (?P<dev>\S+) with own address as source address")),
 )
 
 
-# One scan that rejects nearly every line of a kernel log (the patterns above are tried only on a hit): the
-# ring buffer of a busy host holds thousands of lines, and a pass reads it all.
-_ANY = re.compile(r"Hang|Reset adapter|NETDEV WATCHDOG|table full|own address")
+# One scan of the patterns' literals rejects nearly every line of a kernel log (the patterns are tried only
+# on a hit): the ring buffer of a busy host holds thousands of lines, and a pass reads it all.
+_ANY = re.compile("|".join(re.escape(literal) for _kind, literal, _pattern in PATTERNS))
 
 
 def classify(message: str, ts: float = 0.0, seq: int = 0) -> Optional[KernelEvent]:
     """The KernelEvent of one kernel-log message, or None when netmedic does not know the line."""
     if _ANY.search(message) is None:
         return None
-    for kind, pattern in PATTERNS:
+    for kind, _literal, pattern in PATTERNS:
         m = pattern.search(message)
         if m:
             return KernelEvent(kind, m.groupdict().get("dev"), message.strip()[:500], ts, seq)
