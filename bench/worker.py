@@ -226,30 +226,38 @@ def _ip_batch(lines) -> None:
                    capture_output=True)
 
 
-def protect(cfg: dict) -> dict:
+def _start_vms(cfg: dict, prefix: str, watch, until) -> dict:
+    """cfg["repeat"] new VMs on cfg["bridge"] (domain XML written, then the tap made and enslaved), each
+    timed from its tap's link event (enslaved) to `until(mac)`, the arrival time of what protects it."""
     from netmedic.lab import tap_mac_for, write_domain_xml
 
     br = cfg["bridge"]
-    watch = _Watch()
     samples, missed = [], []
+    for i in range(cfg["repeat"]):
+        tap, mac = f"{prefix}t{i}", cfg["macs"][i]
+        write_domain_xml(cfg["domain_dir"], f"{prefix}vm{i}", [{"mac": mac, "bridge": br, "tap": tap}])
+        _ip_batch([f"link add name {tap} address {tap_mac_for(mac)} type veth peer name {tap}p",
+                   f"link set {tap}p up", f"link set {tap} master {br}", f"link set {tap} up"])
+        br_index = _ifindex(br)
+        t_tap = watch.wait(lambda ev, t=tap, b=br_index: ev.kind == "link" and ev.name == t
+                           and ev.master == b, 10)
+        t_end = until(mac)
+        if t_tap is None or t_end is None:
+            missed.append(tap)
+        else:
+            samples.append(t_end - t_tap)
+        time.sleep(cfg.get("gap", 0.2))
+    return {"samples": samples, "missed": missed}
+
+
+def protect(cfg: dict) -> dict:
+    """Time to protect: from the tap's link event to the pin's fdb event."""
+    watch = _Watch()
     try:
-        for i in range(cfg["repeat"]):
-            tap, mac = f"pt{i}", cfg["macs"][i]
-            write_domain_xml(cfg["domain_dir"], f"pvm{i}", [{"mac": mac, "bridge": br, "tap": tap}])
-            _ip_batch([f"link add name {tap} address {tap_mac_for(mac)} type veth peer name {tap}p",
-                       f"link set {tap}p up", f"link set {tap} master {br}", f"link set {tap} up"])
-            br_index = _ifindex(br)
-            t_tap = watch.wait(lambda ev, t=tap, b=br_index: ev.kind == "link" and ev.name == t
-                               and ev.master == b, 10)
-            t_pin = watch.wait(lambda ev, m=mac: ev.kind == "fdb" and ev.action == "new" and ev.mac == m, 30)
-            if t_tap is None or t_pin is None:
-                missed.append(tap)
-            else:
-                samples.append(t_pin - t_tap)
-            time.sleep(cfg.get("gap", 0.2))
+        return _start_vms(cfg, "p", watch, lambda mac: watch.wait(
+            lambda ev: ev.kind == "fdb" and ev.action == "new" and ev.mac == mac, 30))
     finally:
         watch.close()
-    return {"samples": samples, "missed": missed}
 
 
 class _NftWatch:
@@ -302,30 +310,12 @@ class _NftWatch:
 def protect_guard(cfg: dict) -> dict:
     """Time to protect with the reflection guard: from the tap's link event (enslaved) to the nf_tables
     event of the new set element holding the VM's MAC (the guard's transaction committed)."""
-    from netmedic.lab import tap_mac_for, write_domain_xml
-
-    br = cfg["bridge"]
     watch, nft = _Watch(), _NftWatch()
-    samples, missed = [], []
     try:
-        for i in range(cfg["repeat"]):
-            tap, mac = f"gt{i}", cfg["macs"][i]
-            write_domain_xml(cfg["domain_dir"], f"gvm{i}", [{"mac": mac, "bridge": br, "tap": tap}])
-            _ip_batch([f"link add name {tap} address {tap_mac_for(mac)} type veth peer name {tap}p",
-                       f"link set {tap}p up", f"link set {tap} master {br}", f"link set {tap} up"])
-            br_index = _ifindex(br)
-            t_tap = watch.wait(lambda ev, t=tap, b=br_index: ev.kind == "link" and ev.name == t
-                               and ev.master == b, 10)
-            t_guard = nft.wait_element(mac, 30)
-            if t_tap is None or t_guard is None:
-                missed.append(tap)
-            else:
-                samples.append(t_guard - t_tap)
-            time.sleep(cfg.get("gap", 0.2))
+        return _start_vms(cfg, "g", watch, lambda mac: nft.wait_element(mac, 30))
     finally:
         watch.close()
         nft.close()
-    return {"samples": samples, "missed": missed}
 
 
 def heal(cfg: dict) -> dict:
